@@ -1,0 +1,100 @@
+"""The contract every engine adapter implements.
+
+An engine loads one model in the format it declares (``model_format``), generates a batch of
+already-tokenized prompts, and reports, per sequence, the token ids it really produced and, where it
+can, the clock time at which each token became available. The runner derives every latency figure
+from those timestamps, so an engine never computes metrics itself and never needs to know which
+runner called it.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """What to generate: the same for every engine of a sweep."""
+
+    max_new_tokens: int
+    ignore_eos: bool  # True: exactly max_new_tokens tokens per sequence (EOS suppressed)
+    temperature: float  # 0.0 = greedy
+
+
+@dataclass
+class Generation:
+    """One sequence's output.
+
+    ``token_ids`` holds only tokens the engine generated (never prompt or padding), up to and
+    including the first EOS when EOS was allowed. ``token_times`` holds, for each of those tokens, the
+    ``time.perf_counter()`` reading at which the host had it, after the device was synchronized; None
+    when the engine cannot time tokens (then only whole-batch figures exist).
+    """
+
+    token_ids: list[int]
+    token_times: Optional[list[float]] = None
+
+
+class Engine(ABC):
+    """Base class of engine adapters. Subclasses set the class attributes and implement three methods.
+
+    Class attributes (capabilities, asked by the runner instead of engine names):
+        name: the registry name (``engine=<name>`` on the command line).
+        model_format: the weights format ``load`` expects, e.g. ``"hf"`` (a transformers directory).
+        streams_tokens: True when ``generate`` fills ``Generation.token_times``.
+    """
+
+    name: ClassVar[str]
+    model_format: ClassVar[str]
+    streams_tokens: ClassVar[bool] = False
+
+    def __init__(self, config: Any):
+        self.config = config
+        # What the engine really ran with, filled by load() (e.g. {"device": "cpu", "dtype": "float32"});
+        # it goes on the record beside the requested config.
+        self.resolved: dict[str, Any] = {}
+
+    @abstractmethod
+    def load(self, model_path: str) -> None:
+        """Load the model.
+
+        Args:
+            model_path: the model in this engine's ``model_format`` (a directory or a file).
+        """
+
+    @abstractmethod
+    def generate(self, prompts: list[list[int]], sampling: SamplingSpec) -> list[Generation]:
+        """Generate for one batch, all prompts at once.
+
+        Args:
+            prompts: token ids of each prompt (unpadded; the engine pads as it needs).
+            sampling: the output length and decoding settings.
+        Returns:
+            One Generation per prompt, in order.
+        """
+
+    def close(self) -> None:
+        """Release the model and its memory. The default drops references; override to do more."""
+        self.__dict__.pop("model", None)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work, so a clock read after it is honest. No-op on CPU engines."""
+
+    def weights_bytes(self) -> Optional[int]:
+        """Bytes of weights the engine actually holds, when it can tell."""
+        return None
+
+    def device_memory(self) -> dict[str, Optional[float]]:
+        """Allocator figures in MiB (e.g. torch peak allocated/reserved); empty when not applicable."""
+        return {}
+
+    def reset_peak_memory(self) -> None:
+        """Start a fresh peak for ``device_memory`` (called after load, before measuring)."""
+
+
+def now() -> float:
+    """The one clock every timestamp uses: monotonic, high resolution, in seconds."""
+    return time.perf_counter()

@@ -1,0 +1,123 @@
+"""HF transformers ``generate`` on static, left-padded batches."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from transformers import AutoModelForCausalLM
+from transformers.generation.streamers import BaseStreamer
+
+from engines.base import Engine, Generation, SamplingSpec, now
+
+
+class _StepClock(BaseStreamer):
+    """Timestamps each decoding step as ``generate`` hands the new tokens to the streamer.
+
+    ``generate`` first puts the prompt, then one tensor of new tokens per step, already copied to
+    the host (``.cpu()``), so the device has finished that step when the clock is read.
+    """
+
+    def __init__(self) -> None:
+        self.step_times: list[float] = []
+        self._prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.step_times.append(now())
+
+    def end(self) -> None:
+        pass
+
+
+class HFEngine(Engine):
+    name = "hf"
+    model_format = "hf"
+    streams_tokens = True
+
+    def load(self, model_path: str) -> None:
+        cfg = self.config
+        device = cfg.device.value
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = cfg.dtype.value
+        if dtype == "auto":
+            dtype = "float16" if device == "cuda" else "float32"
+        self.device = torch.device(device)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_path,
+            dtype=getattr(torch, dtype),
+            attn_implementation=cfg.attn_implementation.value,
+            device_map=device,
+            **cfg.engine_kwargs,
+        )
+        self.model.eval()
+        gen_cfg = self.model.generation_config
+        eos = gen_cfg.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.pad_id = gen_cfg.pad_token_id if gen_cfg.pad_token_id is not None else min(self.eos_ids, default=0)
+        self.resolved = {"device": device, "dtype": dtype}
+
+    def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, width - len(prompt):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], sampling: SamplingSpec) -> list[Generation]:
+        input_ids, attention_mask = self._left_pad(prompts)
+        clock = _StepClock()
+        sample = sampling.temperature > 0
+        out = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=sampling.max_new_tokens,
+            min_new_tokens=sampling.max_new_tokens if sampling.ignore_eos else None,
+            do_sample=sample,
+            temperature=sampling.temperature if sample else None,
+            top_p=None,
+            top_k=None,
+            use_cache=self.config.use_cache,
+            pad_token_id=self.pad_id,
+            streamer=clock,
+        )
+        new_tokens = out[:, input_ids.shape[1]:].tolist()
+        return [self._trim(row, clock.step_times, sampling.ignore_eos) for row in new_tokens]
+
+    def _trim(self, row: list[int], step_times: list[float], ignore_eos: bool) -> Generation:
+        """Keep the tokens this sequence really generated: up to its first EOS, never the padding after."""
+        length = len(row)
+        if not ignore_eos:
+            length = next((i + 1 for i, tok in enumerate(row) if tok in self.eos_ids), length)
+        return Generation(token_ids=row[:length], token_times=step_times[:length])
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def weights_bytes(self) -> Optional[int]:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    def device_memory(self) -> dict[str, Optional[float]]:
+        if self.device.type != "cuda":
+            return {}
+        mib = 2**20
+        return {
+            "torch_peak_allocated_mib": torch.cuda.max_memory_allocated(self.device) / mib,
+            "torch_peak_reserved_mib": torch.cuda.max_memory_reserved(self.device) / mib,
+        }
+
+    def reset_peak_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def close(self) -> None:
+        super().close()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

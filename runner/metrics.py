@@ -1,0 +1,111 @@
+"""Derived figures: pure functions of raw timestamps and counts, so tests can check them by hand.
+
+Definitions follow vLLM's benchmarks. For a request whose batch started at ``start`` and whose
+tokens arrived at ``t_1 .. t_n``:
+    TTFT = t_1 - start                    (time to first token)
+    E2EL = t_n - start                    (end-to-end latency)
+    TPOT = (E2EL - TTFT) / (n - 1)        (time per output token after the first; none when n = 1)
+    ITL  = t_{i+1} - t_i for every i      (inter-token latencies, pooled over requests)
+Throughputs divide token counts by the measured time: the sum of the batch latencies, warm-up excluded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+@dataclass
+class Stats:
+    mean: Optional[float] = None
+    p50: Optional[float] = None
+    p90: Optional[float] = None
+    p99: Optional[float] = None
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> "Stats":
+        if len(values) == 0:
+            return cls()
+        arr = np.asarray(values, dtype=float)
+        p50, p90, p99 = np.percentile(arr, [50, 90, 99])  # linear interpolation, as vLLM
+        return cls(mean=float(arr.mean()), p50=float(p50), p90=float(p90), p99=float(p99))
+
+
+@dataclass
+class RequestSample:
+    batch: int
+    input_tokens: int
+    output_tokens: int
+    ttft_ms: Optional[float] = None
+    e2el_ms: Optional[float] = None
+    tpot_ms: Optional[float] = None
+    itl_ms: list[float] = field(default_factory=list)
+
+
+@dataclass
+class BatchSample:
+    batch: int
+    size: int
+    input_tokens: int
+    output_tokens: int
+    latency_ms: float  # generate() call, device synchronized on both sides
+    ttft_ms: Optional[float] = None  # first token of the batch (prefill + one step)
+    decode_ms: Optional[float] = None  # first token to the last token of the batch
+
+
+@dataclass
+class Summary:
+    prompts: int
+    batches: int
+    input_tokens: int
+    output_tokens: int
+    measured_s: float
+    output_tok_s: float
+    total_tok_s: float
+    requests_per_s: float
+    batch_latency_ms: Stats
+    ttft_ms: Stats
+    tpot_ms: Stats
+    itl_ms: Stats
+    e2el_ms: Stats
+
+
+def request_sample(batch: int, input_tokens: int, start: float, token_times: Optional[list[float]],
+                   output_tokens: int) -> RequestSample:
+    """Per-request latencies from the batch start and the request's token timestamps (seconds)."""
+    sample = RequestSample(batch=batch, input_tokens=input_tokens, output_tokens=output_tokens)
+    if not token_times:
+        return sample
+    sample.ttft_ms = (token_times[0] - start) * 1e3
+    sample.e2el_ms = (token_times[-1] - start) * 1e3
+    if len(token_times) > 1:
+        sample.tpot_ms = (sample.e2el_ms - sample.ttft_ms) / (len(token_times) - 1)
+    sample.itl_ms = [(b - a) * 1e3 for a, b in zip(token_times, token_times[1:])]
+    return sample
+
+
+def summarize(batches: list[BatchSample], requests: list[RequestSample]) -> Summary:
+    measured_s = sum(b.latency_ms for b in batches) / 1e3
+    input_tokens = sum(b.input_tokens for b in batches)
+    output_tokens = sum(b.output_tokens for b in batches)
+
+    def present(name: str) -> list[float]:
+        return [v for r in requests if (v := getattr(r, name)) is not None]
+
+    return Summary(
+        prompts=len(requests),
+        batches=len(batches),
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        measured_s=measured_s,
+        output_tok_s=output_tokens / measured_s,
+        total_tok_s=(input_tokens + output_tokens) / measured_s,
+        requests_per_s=len(requests) / measured_s,
+        batch_latency_ms=Stats.of([b.latency_ms for b in batches]),
+        ttft_ms=Stats.of(present("ttft_ms")),
+        tpot_ms=Stats.of(present("tpot_ms")),
+        itl_ms=Stats.of([itl for r in requests for itl in r.itl_ms]),
+        e2el_ms=Stats.of(present("e2el_ms")),
+    )

@@ -1,0 +1,119 @@
+"""One benchmark run: config -> prompts -> model format -> engine -> measured batches -> record."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gc
+import traceback
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from engines import get_engine_class
+from engines.base import SamplingSpec, now
+from runner.config import BenchConfig, ConfigError, validate
+from runner.data import load_prompts
+from runner.environment import environment
+from runner.measure import chunk, measure, warm_up
+from runner.memory import MIB, DeviceSampler, HostPeak
+from runner.metrics import summarize
+from runner.models import prepare, tokenizer_source
+from runner.records import RECORD_NAME, flatten, write_json_atomic
+
+
+@dataclass
+class Workload:
+    """Everything decided before a model is loaded; building it is where bad input fails."""
+
+    engine_cls: type
+    prompts: list[list[int]]
+    sampling: SamplingSpec
+
+
+def plan(cfg: BenchConfig) -> Workload:
+    """Validate the config, read and tokenize the prompts. Raises ConfigError, loads no model weights."""
+    validate(cfg)
+    try:
+        engine_cls = get_engine_class(cfg.engine.name)
+    except KeyError as exc:
+        raise ConfigError(exc.args[0]) from None
+    from transformers import AutoTokenizer
+
+    source, kwargs = tokenizer_source(cfg.model, cfg.cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    prompts = load_prompts(cfg.dataset, tokenizer)
+    sampling = SamplingSpec(
+        max_new_tokens=cfg.generation.max_new_tokens,
+        ignore_eos=cfg.generation.ignore_eos,
+        temperature=cfg.generation.temperature,
+    )
+    return Workload(engine_cls=engine_cls, prompts=prompts, sampling=sampling)
+
+
+def execute(cfg: BenchConfig, work: Workload, run_dir: Path, overrides: list[str],
+            progress: bool = True) -> dict[str, Any]:
+    """Run the workload and write ``record.json`` in ``run_dir``; a failure becomes a record too."""
+    record: dict[str, Any] = {
+        "run_id": uuid.uuid4().hex[:12],
+        "status": "running",
+        "error": None,
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "run_dir": str(run_dir),
+        "overrides": " ".join(overrides),
+        **flatten(cfg),
+        "model_format": work.engine_cls.model_format,
+        "engine_streams_tokens": work.engine_cls.streams_tokens,
+    }
+    engine = None
+    try:
+        prepared = prepare(cfg.model, work.engine_cls.model_format, cfg.cache_dir)
+        record.update(model_path=prepared.path, model_prepare_s=prepared.prepare_s,
+                      model_cache_hit=prepared.cache_hit)
+        engine = work.engine_cls(cfg.engine)
+        record.update(_measure(cfg, work, engine, prepared.path, progress))
+        record["status"] = "ok"
+    except Exception as exc:  # the run failed: keep it as a row with its error
+        record["status"] = "oom" if "out of memory" in str(exc).lower() else "error"
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        record["traceback"] = traceback.format_exc()
+    finally:
+        if engine is not None:
+            engine.close()
+    record.update(environment())
+    write_json_atomic(run_dir / RECORD_NAME, record)
+    return record
+
+
+def _measure(cfg: BenchConfig, work: Workload, engine, model_path: str, progress: bool) -> dict[str, Any]:
+    host, device = HostPeak(), DeviceSampler(cfg.measure.memory_sample_hz)
+    gc.collect()
+    host.reset()
+    device.start()
+    try:
+        start = now()
+        engine.load(model_path)
+        engine.synchronize()
+        load_s = now() - start
+        batches = chunk(work.prompts, cfg.batch_size)
+        warm_up(engine, batches, work.sampling, cfg.measure.warmup_batches)
+        engine.reset_peak_memory()
+        batch_samples, request_samples = measure(engine, batches, work.sampling, progress)
+    finally:
+        device_peak_mib = device.stop()
+    weights = engine.weights_bytes()
+    return {
+        **engine.resolved,
+        "load_s": load_s,
+        "weights_mib": weights / MIB if weights is not None else None,
+        **flatten(summarize(batch_samples, request_samples)),
+        "host_peak_rss_mib": host.peak_mib(),
+        "host_peak_rss_method": host.method,
+        "device_peak_used_mib": device_peak_mib,
+        "device_memory_note": device.unavailable_reason,
+        "torch_peak_allocated_mib": None,
+        "torch_peak_reserved_mib": None,
+        **engine.device_memory(),
+        "batch_samples": [asdict(b) for b in batch_samples],
+        "request_samples": [asdict(r) for r in request_samples],
+    }
