@@ -57,6 +57,11 @@ class Engine(ABC):
         # it goes on the record beside the requested config.
         self.resolved: dict[str, Any] = {}
 
+    @classmethod
+    def model_variant(cls, config: Any) -> Optional[str]:
+        """The variant of ``model_format`` this config needs (e.g. a GGUF quant type), or None."""
+        return None
+
     @abstractmethod
     def load(self, model_path: str) -> None:
         """Load the model.

@@ -62,22 +62,27 @@ def tokenizer_source(model: ModelConfig, cache_dir: Optional[str]) -> tuple[str,
     return str(path.parent), {"gguf_file": path.name}
 
 
-def prepare(model: ModelConfig, model_format: str, cache_dir: Optional[str]) -> PreparedModel:
-    """The model in ``model_format``, converted from the spec on first use."""
+def prepare(model: ModelConfig, model_format: str, cache_dir: Optional[str],
+            variant: Optional[str] = None) -> PreparedModel:
+    """The model in ``model_format``, converted from the spec on first use.
+
+    ``variant`` names a flavour of the format that changes the stored weights (a quantization type,
+    e.g. "q8_0" for GGUF); each variant is its own cache entry ``<format>-<variant>``.
+    """
     if model_format == "hf" and model.hf:
         return PreparedModel(path=model.hf, prepare_s=0.0, cache_hit=True)
     try:
         convert = CONVERTERS[model_format]
     except KeyError:
         raise ConfigError(f"model '{model.name}': no conversion to format '{model_format}'") from None
-    target = _entry_dir(model, cache_dir) / model_format
+    target = _entry_dir(model, cache_dir) / (f"{model_format}-{variant}" if variant else model_format)
     if target.exists():
         return PreparedModel(path=str(target), prepare_s=0.0, cache_hit=True)
     start = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{model_format}-", dir=target.parent))
     try:
-        convert(model, tmp, cache_dir)
+        convert(model, tmp, cache_dir, variant)
         try:
             tmp.rename(target)
         except OSError:  # another process finished the same conversion first: keep theirs
@@ -105,7 +110,7 @@ def _source_key(model: ModelConfig) -> str:
     return digest.hexdigest()[:12]
 
 
-def _gguf_to_hf(model: ModelConfig, out: Path, cache_dir: Optional[str]) -> None:
+def _gguf_to_hf(model: ModelConfig, out: Path, cache_dir: Optional[str], variant: Optional[str]) -> None:
     """Dequantize the GGUF with transformers and save a plain HF directory (float32, lossless)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -124,6 +129,7 @@ def _gguf_to_hf(model: ModelConfig, out: Path, cache_dir: Optional[str]) -> None
     AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(out)
 
 
-CONVERTERS: dict[str, Callable[[ModelConfig, Path, Optional[str]], None]] = {
+# format -> converter(model spec, empty output directory, cache_dir, variant); it fills the directory.
+CONVERTERS: dict[str, Callable[[ModelConfig, Path, Optional[str], Optional[str]], None]] = {
     "hf": _gguf_to_hf,
 }

@@ -67,7 +67,8 @@ def execute(cfg: BenchConfig, work: Workload, run_dir: Path, overrides: list[str
     }
     engine = None
     try:
-        prepared = prepare(cfg.model, work.engine_cls.model_format, cfg.cache_dir)
+        prepared = prepare(cfg.model, work.engine_cls.model_format, cfg.cache_dir,
+                           work.engine_cls.model_variant(cfg.engine))
         record.update(model_path=prepared.path, model_prepare_s=prepared.prepare_s,
                       model_cache_hit=prepared.cache_hit)
         engine = work.engine_cls(cfg.engine)
