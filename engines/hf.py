@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
 from transformers import AutoModelForCausalLM
 from transformers.generation.streamers import BaseStreamer
 
+from engines import require
 from engines.base import Engine, Generation, SamplingSpec, now
 
 
@@ -46,11 +48,13 @@ class HFEngine(Engine):
         if dtype == "auto":
             dtype = "float16" if device == "cuda" else "float32"
         self.device = torch.device(device)
+        quantization = cfg.quantization.value
         self.model = AutoModelForCausalLM.from_pretrained(
             model_path,
             dtype=getattr(torch, dtype),
             attn_implementation=cfg.attn_implementation.value,
             device_map=device,
+            quantization_config=self._bnb_config(dtype) if quantization != "none" else None,
             **cfg.engine_kwargs,
         )
         self.model.eval()
@@ -58,7 +62,25 @@ class HFEngine(Engine):
         eos = gen_cfg.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.pad_id = gen_cfg.pad_token_id if gen_cfg.pad_token_id is not None else min(self.eos_ids, default=0)
-        self.resolved = {"device": device, "dtype": dtype}
+        self.resolved = {"device": device, "dtype": dtype, "quantization": quantization}
+
+    def _bnb_config(self, dtype: str):
+        """bitsandbytes as a quantization option of this engine (not an engine of its own)."""
+        require("bitsandbytes", "bnb")
+        from transformers import BitsAndBytesConfig
+
+        cfg = self.config
+        if cfg.quantization.value == "int8":
+            # LLM.int8() casts activations to float16 by design and warns on every matmul call.
+            warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+            return BitsAndBytesConfig(load_in_8bit=True)
+        compute = dtype if cfg.compute_dtype.value == "auto" else cfg.compute_dtype.value
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=cfg.quantization.value,
+            bnb_4bit_use_double_quant=cfg.double_quant,
+            bnb_4bit_compute_dtype=getattr(torch, compute),
+        )
 
     def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(p) for p in prompts)
@@ -102,7 +124,8 @@ class HFEngine(Engine):
             torch.cuda.synchronize(self.device)
 
     def weights_bytes(self) -> Optional[int]:
-        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+        # Parameters and buffers as stored: packed 4/8-bit tensors count their real bytes.
+        return self.model.get_memory_footprint()
 
     def device_memory(self) -> dict[str, Optional[float]]:
         if self.device.type != "cuda":

@@ -40,6 +40,15 @@ class AttnImplementation(str, Enum):
     eager = "eager"
 
 
+class BnbQuantization(str, Enum):
+    """bitsandbytes weight quantization of the HF engine (LLM.int8(), or 4-bit NormalFloat / float)."""
+
+    none = "none"
+    int8 = "int8"
+    nf4 = "nf4"
+    fp4 = "fp4"
+
+
 # ---------------------------------------------------------------- engines
 @dataclass
 class EngineConfig:
@@ -55,6 +64,9 @@ class HFEngineConfig(EngineConfig):
     device: Device = Device.auto
     attn_implementation: AttnImplementation = AttnImplementation.sdpa
     use_cache: bool = True  # False recomputes the whole sequence every step (a seed experiment)
+    quantization: BnbQuantization = BnbQuantization.none  # bitsandbytes; needs `pip install -e '.[bnb]'`
+    double_quant: bool = False  # 4-bit only: quantize the quantization constants too
+    compute_dtype: DType = DType.auto  # 4-bit only: matmul dtype (auto: the engine's dtype)
 
 
 # ---------------------------------------------------------------- model
