@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
 ENGINES: dict[str, str] = {
     "hf": "engines.hf:HFEngine",
+    "llamacpp": "engines.llamacpp:LlamaCppEngine",
+    "ctranslate2": "engines.ctranslate2:CTranslate2Engine",
 }
 
 

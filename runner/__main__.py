@@ -6,16 +6,19 @@ stderr naming the key, nothing left under outputs/).
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from runner.config import ConfigError, register_configs
+from runner.config import ConfigError, register_configs, to_bench_config, validate
 
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 register_configs()
 _failed_runs: list[str] = []
 
@@ -46,7 +49,7 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        bench = OmegaConf.to_object(cfg)
+        bench = to_bench_config(cfg)
         work = plan(bench)
     except ConfigError as exc:
         _discard_scaffolding(run_dir)
@@ -58,8 +61,56 @@ def main(cfg: DictConfig) -> None:
         _failed_runs.append(record["run_dir"])
 
 
+def _check_sweep(argv: list[str]) -> None:
+    """Compose and validate every point of a command-line sweep before its first run starts.
+
+    Without this, `-m batch_size=1,0` would run batch 1 for minutes and only then refuse batch 0.
+    Data-dependent checks (a slice past the end) still happen per run, before its model loads.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    if not args.multirun:
+        return
+    overrides = [o for o in args.overrides if not o.lstrip("+~").startswith("hydra")]
+    points = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)[0]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        for point in points:
+            validate(to_bench_config(compose("config", overrides=point)))
+
+
+def _one_line(exc: Exception) -> str:
+    """Hydra's composition errors, reduced to one line that names the key and the valid choices."""
+    from hydra.errors import MissingConfigException
+
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    head = lines[0].removeprefix("In 'config': ") if lines else type(exc).__name__
+    if isinstance(exc, MissingConfigException) and "Available options" in str(exc):
+        start = next(i for i, line in enumerate(lines) if line.startswith("Available options"))
+        options = [line for line in lines[start + 1:] if not line.startswith(("Config search path", "provider="))]
+        return f"{head}; valid choices: {', '.join(options)}"
+    cause = exc.__cause__
+    if cause is not None:
+        detail = str(cause).strip().splitlines()[0]
+        schema = getattr(cause, "object_type", None)
+        if "not in" in detail and dataclasses.is_dataclass(schema):
+            detail += f"; valid keys: {', '.join(f.name for f in dataclasses.fields(schema))}"
+        return f"{head.rstrip('.')}: {detail}"
+    return head
+
+
 if __name__ == "__main__":
-    main()
+    # Let composition errors reach us instead of Hydra's multi-line report (runs catch their own errors).
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        _check_sweep(sys.argv[1:])
+        main()
+    except Exception as exc:  # raised while composing the config: no run started, nothing written
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
     if _failed_runs:
         print(f"{len(_failed_runs)} run(s) failed: " + ", ".join(_failed_runs), file=sys.stderr)
         sys.exit(1)

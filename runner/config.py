@@ -9,13 +9,14 @@ dataclasses, never a ``DictConfig``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 class ConfigError(ValueError):
@@ -49,6 +50,20 @@ class BnbQuantization(str, Enum):
     fp4 = "fp4"
 
 
+class CT2ComputeType(str, Enum):
+    """CTranslate2's compute types: weight type, then activation type for the int8 ones."""
+
+    default = "default"  # the type the weights are stored in (we store float32 for it)
+    auto = "auto"  # the fastest the device supports (CPU: int8_float32; CUDA: int8_float16)
+    int8 = "int8"  # int8 weights, the stored float type for the rest
+    int8_float32 = "int8_float32"
+    int8_float16 = "int8_float16"
+    int8_bfloat16 = "int8_bfloat16"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+    float32 = "float32"
+
+
 # ---------------------------------------------------------------- engines
 @dataclass
 class EngineConfig:
@@ -67,6 +82,26 @@ class HFEngineConfig(EngineConfig):
     quantization: BnbQuantization = BnbQuantization.none  # bitsandbytes; needs `pip install -e '.[bnb]'`
     double_quant: bool = False  # 4-bit only: quantize the quantization constants too
     compute_dtype: DType = DType.auto  # 4-bit only: matmul dtype (auto: the engine's dtype)
+
+
+@dataclass
+class LlamaCppEngineConfig(EngineConfig):
+    name: str = "llamacpp"
+    n_gpu_layers: int = -1  # layers offloaded to the GPU (-1: all, 0: none); matters only on a GPU build
+    n_ctx: Optional[int] = None  # KV cells in all; None/0: batch_size x (longest prompt + max_new_tokens)
+    n_batch: Optional[int] = None  # most tokens per llama_decode call (prefill chunk); None: llama.cpp's 2048
+    n_threads: Optional[int] = None  # CPU threads; None: llama.cpp's default
+    flash_attn: bool = False
+    quant_type: Optional[str] = None  # GGUF type to run (e.g. q8_0), made from the model's GGUF; None: as shipped
+
+
+@dataclass
+class CTranslate2EngineConfig(EngineConfig):
+    name: str = "ctranslate2"
+    compute_type: CT2ComputeType = CT2ComputeType.default  # also picks the stored weights (model variant)
+    device: Device = Device.auto
+    inter_threads: int = 1  # batches run in parallel; the runner sends one at a time
+    intra_threads: int = 0  # OpenMP threads per batch; 0: CTranslate2's default
 
 
 # ---------------------------------------------------------------- model
@@ -137,7 +172,8 @@ class BenchConfig:
     cache_dir: Optional[str] = None
 
 
-ENGINE_SCHEMAS = {"hf": HFEngineConfig}
+ENGINE_SCHEMAS = {"hf": HFEngineConfig, "llamacpp": LlamaCppEngineConfig,
+                  "ctranslate2": CTranslate2EngineConfig}
 DATASET_SCHEMAS = {"sharegpt": ShareGPTConfig, "synthetic": SyntheticConfig, "hf": HFDatasetConfig}
 
 
@@ -149,6 +185,25 @@ def register_configs() -> None:
         cs.store(group="schema/engine", name=name, node=node)
     for name, node in DATASET_SCHEMAS.items():
         cs.store(group="schema/dataset", name=name, node=node)
+
+
+def to_bench_config(cfg: DictConfig) -> BenchConfig:
+    """The composed config as dataclasses. Refuses keys added with `+key=...` that no schema knows."""
+    _reject_unknown_keys(cfg, "")
+    return OmegaConf.to_object(cfg)
+
+
+def _reject_unknown_keys(node: DictConfig, path: str) -> None:
+    schema = OmegaConf.get_type(node)
+    if dataclasses.is_dataclass(schema):
+        known = [f.name for f in dataclasses.fields(schema)]
+        for key in node.keys():
+            if key not in known:
+                raise ConfigError(f"{path}{key}: unknown key; valid keys: {', '.join(known)}")
+    for key in node.keys():
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and key != "engine_kwargs":  # the escape hatch is free-form
+            _reject_unknown_keys(child, f"{path}{key}.")
 
 
 def _positive(key: str, value: float) -> None:

@@ -29,9 +29,15 @@ def load_prompts(cfg: DatasetConfig, tokenizer) -> list[list[int]]:
         return _synthetic(cfg, tokenizer)
     texts = _sharegpt_texts(cfg) if isinstance(cfg, ShareGPTConfig) else _hf_texts(cfg)
     kept = _length_filtered(texts, tokenizer, cfg.min_prompt_tokens, cfg.max_prompt_tokens)
-    prompts = list(islice(kept, cfg.offset, cfg.offset + cfg.limit))
+    prompts: list[list[int]] = []
+    available = 0  # prompts passing the filters, counted up to the end of the slice
+    for ids in kept:
+        available += 1
+        if available > cfg.offset:
+            prompts.append(ids)
+            if len(prompts) == cfg.limit:
+                break
     if len(prompts) < cfg.limit:
-        available = cfg.offset + len(prompts)
         raise ConfigError(
             f"dataset.offset={cfg.offset} dataset.limit={cfg.limit}: past the end of '{cfg.name}', which has "
             f"{available} prompts of {cfg.min_prompt_tokens}-{cfg.max_prompt_tokens} tokens"

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from runner.config import ConfigError, ModelConfig
+from runner.config import ConfigError, ModelConfig, is_local_path
 
 
 @dataclass
@@ -71,6 +74,8 @@ def prepare(model: ModelConfig, model_format: str, cache_dir: Optional[str],
     """
     if model_format == "hf" and model.hf:
         return PreparedModel(path=model.hf, prepare_s=0.0, cache_hit=True)
+    if model_format == "gguf" and model.gguf and not variant:
+        return PreparedModel(path=str(gguf_path(model)), prepare_s=0.0, cache_hit=True)
     try:
         convert = CONVERTERS[model_format]
     except KeyError:
@@ -129,7 +134,107 @@ def _gguf_to_hf(model: ModelConfig, out: Path, cache_dir: Optional[str], variant
     AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(out)
 
 
+def _hf_to_ct2(model: ModelConfig, out: Path, cache_dir: Optional[str], variant: Optional[str]) -> None:
+    """Convert the HF weights with CTranslate2's converter, stored at quantization ``variant``.
+
+    generation_config.json goes along so the engine stops on the same EOS ids as the HF engine.
+    """
+    from transformers import AutoTokenizer
+
+    from engines import require
+
+    ctranslate2 = require("ctranslate2", "ctranslate2")
+    hf = prepare(model, "hf", cache_dir).path
+    copy = [name for name in ("generation_config.json",) if (Path(hf) / name).is_file()]
+    ctranslate2.converters.TransformersConverter(
+        hf, copy_files=copy, trust_remote_code=model.trust_remote_code,
+    ).convert(str(out), quantization=variant, force=True)
+    # The engine feeds token strings from vocabulary.json by position, so position must be the
+    # tokenizer's id; the converter sorts the vocabulary by id, which gaps in the ids would shift.
+    tokens = json.loads((out / "vocabulary.json").read_text(encoding="utf-8"))
+    tokenizer = AutoTokenizer.from_pretrained(hf, trust_remote_code=model.trust_remote_code)
+    if tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))) != tokens[:len(tokenizer)]:
+        raise ValueError(f"model '{model.name}': CTranslate2's vocabulary does not follow the tokenizer's ids")
+
+
+def _to_gguf(model: ModelConfig, out: Path, cache_dir: Optional[str], variant: Optional[str]) -> None:
+    """A GGUF at quantization ``variant``, made by llama.cpp itself from the model's GGUF (as shipped or
+    converted from HF); variant None reaches here only for an HF-only spec: convert_hf_to_gguf.py's output."""
+    if variant is None:
+        return _hf_to_gguf(model, out / "model.gguf", cache_dir)
+    from engines import require
+
+    llama_cpp = require("llama_cpp", "llamacpp")
+    ftypes = {name[len("LLAMA_FTYPE_MOSTLY_"):].lower(): getattr(llama_cpp, name)
+              for name in dir(llama_cpp) if name.startswith("LLAMA_FTYPE_MOSTLY_")}
+    ftypes["f32"] = llama_cpp.LLAMA_FTYPE_ALL_F32
+    if variant not in ftypes:
+        raise ConfigError(f"engine.quant_type={variant}: not a llama.cpp GGUF type; known: {', '.join(sorted(ftypes))}")
+    source = Path(prepare(model, "gguf", cache_dir).path)
+    source = source / "model.gguf" if source.is_dir() else source
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftypes[variant]
+    params.allow_requantize = True  # a quantized GGUF (e.g. the shipped Q4_1) may be the only source
+    if llama_cpp.llama_model_quantize(str(source).encode(), str(out / "model.gguf").encode(), params) != 0:
+        raise RuntimeError(f"llama.cpp could not quantize {source} to {variant} (IQ types need an imatrix)")
+
+
+def _hf_to_gguf(model: ModelConfig, out_file: Path, cache_dir: Optional[str]) -> None:
+    """Run llama.cpp's convert_hf_to_gguf.py (its default --outtype auto: the checkpoint's half precision)."""
+    if importlib.util.find_spec("sentencepiece") is None:  # the script imports it for every Llama-type vocab
+        raise ConfigError(f"model.hf={model.hf}: converting to GGUF runs llama.cpp's convert_hf_to_gguf.py, "
+                          "which needs sentencepiece: pip install sentencepiece (or set model.gguf)")
+    tool = _llama_cpp_convert_tool(cache_dir)
+    if is_local_path(model.hf):
+        source = os.path.expanduser(model.hf)
+    else:
+        from huggingface_hub import snapshot_download
+
+        source = snapshot_download(model.hf)
+    path = os.pathsep.join([str(tool / "gguf-py"), str(tool), os.environ.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, str(tool / "convert_hf_to_gguf.py"), source, "--outfile", str(out_file)],
+                          env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"convert_hf_to_gguf.py failed on {source}: {last}")
+
+
+def _llama_cpp_convert_tool(cache_dir: Optional[str]) -> Path:
+    """llama.cpp's HF -> GGUF converter, which the llama-cpp-python wheel leaves out.
+
+    Taken once from the sdist of the installed llama-cpp-python (its vendor/llama.cpp: the script, its
+    ``conversion`` package and ``gguf-py``), so the converter is the one the installed library reads.
+    """
+    import importlib.metadata
+    import tarfile
+
+    version = importlib.metadata.version("llama-cpp-python")
+    tool = cache_root(cache_dir) / "tools" / f"llama.cpp-{version}"
+    if tool.exists():
+        return tool
+    tool.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=tool.parent) as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:", "--no-deps",
+                        f"llama-cpp-python=={version}", "-d", tmp], check=True)
+        sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
+        with tarfile.open(sdist) as tar:
+            members = [m for m in tar.getmembers() if m.name.startswith(prefix)
+                       and m.name[len(prefix):].split("/")[0] in ("convert_hf_to_gguf.py", "conversion", "gguf-py")]
+            for member in members:
+                member.name = member.name[len(prefix):]
+            tar.extractall(Path(tmp) / "llama.cpp", members=members, filter="data")
+        try:
+            (Path(tmp) / "llama.cpp").rename(tool)
+        except OSError:  # another process got it first
+            if not tool.exists():
+                raise
+    return tool
+
+
 # format -> converter(model spec, empty output directory, cache_dir, variant); it fills the directory.
 CONVERTERS: dict[str, Callable[[ModelConfig, Path, Optional[str], Optional[str]], None]] = {
     "hf": _gguf_to_hf,
+    "ct2": _hf_to_ct2,
+    "gguf": _to_gguf,
 }

@@ -8,7 +8,7 @@ import traceback
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from engines import get_engine_class
 from engines.base import SamplingSpec, now
@@ -27,6 +27,7 @@ class Workload:
     """Everything decided before a model is loaded; building it is where bad input fails."""
 
     engine_cls: type
+    model_variant: Optional[str]  # the engine's model-format variant (checked here, e.g. a compute type)
     prompts: list[list[int]]
     sampling: SamplingSpec
 
@@ -38,6 +39,7 @@ def plan(cfg: BenchConfig) -> Workload:
         engine_cls = get_engine_class(cfg.engine.name)
     except KeyError as exc:
         raise ConfigError(exc.args[0]) from None
+    variant = engine_cls.model_variant(cfg.engine)
     from transformers import AutoTokenizer
 
     source, kwargs = tokenizer_source(cfg.model, cfg.cache_dir)
@@ -48,7 +50,7 @@ def plan(cfg: BenchConfig) -> Workload:
         ignore_eos=cfg.generation.ignore_eos,
         temperature=cfg.generation.temperature,
     )
-    return Workload(engine_cls=engine_cls, prompts=prompts, sampling=sampling)
+    return Workload(engine_cls=engine_cls, model_variant=variant, prompts=prompts, sampling=sampling)
 
 
 def execute(cfg: BenchConfig, work: Workload, run_dir: Path, overrides: list[str],
@@ -67,8 +69,7 @@ def execute(cfg: BenchConfig, work: Workload, run_dir: Path, overrides: list[str
     }
     engine = None
     try:
-        prepared = prepare(cfg.model, work.engine_cls.model_format, cfg.cache_dir,
-                           work.engine_cls.model_variant(cfg.engine))
+        prepared = prepare(cfg.model, work.engine_cls.model_format, cfg.cache_dir, work.model_variant)
         record.update(model_path=prepared.path, model_prepare_s=prepared.prepare_s,
                       model_cache_hit=prepared.cache_hit)
         engine = work.engine_cls(cfg.engine)

@@ -1,0 +1,89 @@
+"""The HF engine on the real SmolLM2: token counting with EOS forced and allowed, timestamps, bitsandbytes."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoTokenizer
+
+from engines.base import SamplingSpec
+from engines.hf import HFEngine
+from runner.config import BnbQuantization, HFEngineConfig
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_hf):
+    return AutoTokenizer.from_pretrained(smollm2_hf)
+
+
+@pytest.fixture(scope="module")
+def engine(smollm2_hf):
+    e = HFEngine(HFEngineConfig())
+    e.load(smollm2_hf)
+    yield e
+    e.close()
+
+
+def _chat(tokenizer, question: str) -> list[int]:
+    return tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                         tokenize=True, return_dict=True)["input_ids"]
+
+
+def test_greedy_answer_is_paris(engine, tokenizer):
+    [gen] = engine.generate([tokenizer("The capital of France is")["input_ids"]], SamplingSpec(4, True, 0.0))
+    assert tokenizer.decode(gen.token_ids).startswith(" Paris")
+
+
+def test_forced_length_counts_exactly_the_requested_tokens(engine, tokenizer):
+    prompts = [_chat(tokenizer, "Say hi."), tokenizer("A much longer prompt, so the batch needs left padding: "
+                                                        "one two three four five six seven")["input_ids"]]
+    gens = engine.generate(prompts, SamplingSpec(24, ignore_eos=True, temperature=0.0))
+    for gen in gens:
+        assert len(gen.token_ids) == 24
+        assert len(gen.token_times) == 24
+        assert gen.token_times == sorted(gen.token_times)
+    assert engine.eos_ids.isdisjoint(gens[0].token_ids)  # EOS suppressed, not merely counted
+
+
+def test_eos_allowed_stops_each_sequence_at_its_own_eos(engine, tokenizer):
+    short = _chat(tokenizer, "Reply with the single word: yes")
+    long = tokenizer("Write a long story about the sea. Once upon a time")["input_ids"]
+    gens = engine.generate([short, long], SamplingSpec(48, ignore_eos=False, temperature=0.0))
+    stopped, running = gens
+    assert stopped.token_ids[-1] in engine.eos_ids  # the EOS is the last token counted...
+    assert len(stopped.token_ids) < 48  # ...and nothing after it (HF pads the finished row)
+    assert sum(t in engine.eos_ids for t in stopped.token_ids) == 1
+    assert len(stopped.token_times) == len(stopped.token_ids)
+    assert len(running.token_ids) == 48
+
+
+def test_greedy_batch_matches_single_prompt_output(engine, tokenizer):
+    prompts = [tokenizer("The capital of France is")["input_ids"], _chat(tokenizer, "Name a colour.")]
+    batched = engine.generate(prompts, SamplingSpec(8, True, 0.0))
+    alone = engine.generate(prompts[:1], SamplingSpec(8, True, 0.0))
+    assert batched[0].token_ids == alone[0].token_ids
+
+
+def test_no_kv_cache_gives_the_same_greedy_tokens(smollm2_hf, engine, tokenizer):
+    prompt = [tokenizer("The capital of France is")["input_ids"]]
+    no_cache = HFEngine(HFEngineConfig(use_cache=False))
+    no_cache.load(smollm2_hf)
+    try:
+        assert no_cache.generate(prompt, SamplingSpec(6, True, 0.0))[0].token_ids == \
+            engine.generate(prompt, SamplingSpec(6, True, 0.0))[0].token_ids
+    finally:
+        no_cache.close()
+
+
+@pytest.mark.parametrize("quantization", ["int8", "nf4"])
+def test_bitsandbytes_quantization_shrinks_the_weights(smollm2_hf, engine, tokenizer, quantization):
+    pytest.importorskip("bitsandbytes")  # the optional [bnb] extra
+    quantized = HFEngine(HFEngineConfig(quantization=BnbQuantization(quantization)))
+    quantized.load(smollm2_hf)
+    try:
+        [gen] = quantized.generate([tokenizer("The capital of France is")["input_ids"]], SamplingSpec(4, True, 0.0))
+        assert len(gen.token_ids) == 4
+        assert tokenizer.decode(gen.token_ids).startswith(" Paris")
+        assert quantized.weights_bytes() < 0.5 * engine.weights_bytes()
+        assert quantized.resolved["quantization"] == quantization
+    finally:
+        quantized.close()
