@@ -1,0 +1,93 @@
+"""`python -m runner` end to end on the real model and data, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from runner.results import load_results
+from tests.conftest import FAST
+
+
+def _outputs(tmp_path):
+    return sorted(p.relative_to(tmp_path) for p in (tmp_path / "outputs").rglob("*")) if (tmp_path / "outputs").exists() else []
+
+
+def test_default_benchmark_runs_end_to_end(run_cli, tmp_path):
+    proc = run_cli()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = load_results(tmp_path / "outputs")
+    assert len(df) == 1
+    row = df.iloc[0]
+    assert (row.status, row.engine_name, row.model_name, row.dataset_name) == ("ok", "hf", "smollm2-135m", "sharegpt")
+    assert row.prompts == 16 and row.batches == 16
+    assert row.output_tokens == 16 * 64  # forced output length: every prompt gets exactly 64 tokens
+    assert row.output_tok_s == pytest.approx(row.output_tokens / row.measured_s)
+    assert 0 < row.ttft_ms_p50 <= row.e2el_ms_p50 <= row.batch_latency_ms_p99 + 1e-6
+    assert row.host_peak_rss_mib > row.weights_mib > 100
+    assert row.env_torch and row.env_cpu and row.env_python
+    assert len(row.batch_samples) == 16 and len(row.request_samples) == 16
+    assert "output tok/s" in proc.stdout  # the summary table
+    run_dir = tmp_path / row.run_dir
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+
+
+def test_multirun_gives_one_row_per_point(run_cli, tmp_path):
+    proc = run_cli("-m", "batch_size=1,2,4", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = load_results(str(tmp_path / "outputs" / "multirun" / "*" / "*"))
+    assert sorted(df.batch_size) == [1, 2, 4]
+    assert (df.status == "ok").all()
+    assert (df.output_tokens == 4 * 8).all()  # the same 4 prompts x 8 forced tokens at every point
+    assert sorted(df.batches) == [1, 2, 4]  # 4 prompts in batches of 4, 2 and 1
+    assert df.input_tokens.nunique() == 1  # token-identical prompts across the sweep
+    table = df.pivot_table(index="batch_size", columns="engine_dtype", values="output_tok_s")
+    assert table.shape == (3, 1) and table.notna().all().all()
+
+
+def test_eos_allowed_counts_only_tokens_really_generated(run_cli, tmp_path):
+    proc = run_cli("generation.ignore_eos=false", "generation.max_new_tokens=200", "dataset.limit=3",
+                   "dataset.max_prompt_tokens=64", "batch_size=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = load_results(tmp_path / "outputs").iloc[0]
+    counts = [r["output_tokens"] for r in row.request_samples]
+    assert row.output_tokens == sum(counts)
+    assert all(1 <= c <= 200 for c in counts)
+    assert min(counts) < 200  # at least one answer ended with EOS before the limit and was not padded out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["batch_size=0"], "error: batch_size=0: must be greater than 0"),
+        (["generation.max_new_tokens=-1"], "error: generation.max_new_tokens=-1: must be greater than 0"),
+        (["engine=nope"], "error: Could not find 'engine/nope'; valid choices: "),
+        (["model=nope"], "valid choices: smollm2-135m"),
+        (["dataset=nope"], "valid choices: sharegpt, synthetic, tinystories"),
+        (["engine.dtype=fp8"], "expected one of [auto, float32, float16, bfloat16]"),
+        (["engine.nope=1"], "Key 'nope' not in 'HFEngineConfig'; valid keys: name, engine_kwargs, dtype"),
+        (["+engine.nope=1"], "error: engine.nope: unknown key; valid keys: name"),
+        (["batch_size=many"], "batch_size=many"),
+        (["dataset.offset=1000000", "dataset.max_prompt_tokens=6"], "past the end of 'sharegpt', which has"),
+        (["model.hf=./no/such/dir"], "error: model.hf=./no/such/dir: no such local directory"),
+        (["-m", "batch_size=1,0"], "error: batch_size=0: must be greater than 0"),
+    ],
+)
+def test_bad_input_fails_in_one_line_and_writes_nothing(run_cli, tmp_path, args, message):
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and message in error_lines[0], proc.stderr[-2000:]
+    assert _outputs(tmp_path) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA to make the load fail")
+def test_a_failing_run_becomes_a_row_with_its_error(run_cli, tmp_path):
+    proc = run_cli("engine.device=cuda", *FAST)  # this CPU machine has no CUDA: the load fails
+    assert proc.returncode == 1
+    [path] = (tmp_path / "outputs").rglob("record.json")
+    record = json.loads(path.read_text())
+    assert record["status"] == "error" and record["error"]
+    assert record["engine_device"] == "cuda" and record["env_python"]
