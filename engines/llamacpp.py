@@ -130,14 +130,15 @@ class LlamaCppEngine(Engine):
             code = lib.llama_decode(self.ctx, batch)
             if code != 0:
                 raise RuntimeError(f"llama_decode returned {code} (1: no room in the KV cache; raise engine.n_ctx)")
-            wanted = [(i, seq) for i, (_, _, seq, logits) in enumerate(part) if logits]
+            wanted = [seq for _, _, seq, logits in part if logits]
             if not wanted:
                 continue
-            logits = np.stack([np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,))
-                               for i, _ in wanted])
+            # One view of all output rows, in batch order (one llama_get_logits_ith call per row costs more
+            # than the decode step at large batches). _pick may write into it: the next decode overwrites it.
+            logits = np.ctypeslib.as_array(lib.llama_get_logits(self.ctx), shape=(len(wanted), self.n_vocab))
             tokens = self._pick(logits, sampling)
             stamp = now()
-            for (_, seq), token in zip(wanted, tokens):
+            for seq, token in zip(wanted, tokens):
                 outs[seq].token_ids.append(token)
                 outs[seq].token_times.append(stamp)
 
