@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The GPU suite, run on the device machine from the repo root (see docs/gpu.md for the staging calls).
+#   bash scripts/gpu_suite.sh STAGE [STAGE...]
+# Stages (each fits one 10-minute device call; state lives in /tmp while the machine stays warm):
+#   install   unpack the carried wheels and the prebuilt CUDA llama.cpp into /tmp/site
+#   tests     the GPU-marked tests
+#   smollm2   engines x batch 1/4/16 on SmolLM2-135M (HF fp16, bnb int8/nf4, llama.cpp, CTranslate2)
+#   llama7b   the same on a Llama-2-7B-shaped random-weights model (built and converted on first use)
+#   pack      tables and records into $OUT
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu-out}
+mkdir -p "$OUT"
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+export LLM_BENCH_CACHE=/tmp/llm-bench-cache
+export TOKENIZERS_PARALLELISM=false
+# CTranslate2 needs cuBLAS 12 (carried); the prebuilt llama.cpp needs torch's CUDA 13 libraries.
+libs=$(python3 -c "import nvidia; print(':'.join(p + '/cu13/lib:' + p + '/cublas/lib' for p in nvidia.__path__))" 2>/dev/null)
+export LD_LIBRARY_PATH=${libs}:${LD_LIBRARY_PATH:-}
+RUNS=/tmp/gpu-runs
+COMMON="dataset.limit=16 generation.max_new_tokens=64"
+
+sweep() {  # sweep NAME ARGS... : one multirun into $RUNS/NAME, its log under $OUT
+  local name=$1; shift
+  echo "== $name: python -m runner -m $* $COMMON"
+  python -m runner -m hydra.sweep.dir="$RUNS/$name" "$@" $COMMON 2>&1 | grep -vE "it/s\]|s/it\]|batch/s\]|s/batch\]" \
+    | tee -a "$OUT/$name.log" | tail -n 25
+}
+
+engines() {  # engines MODEL : every engine of issue 4 on one model, batch 1/4/16
+  local model=$1
+  sweep "$model-hf" model="$model" engine=hf engine.dtype=float16 engine.quantization=none,int8,nf4 batch_size=1,4,16
+  sweep "$model-llamacpp" model="$model" engine=llamacpp batch_size=1,4,16
+  sweep "$model-ct2" model="$model" engine=ctranslate2 engine.compute_type=float16,int8_float16 batch_size=1,4,16
+}
+
+for stage in "$@"; do
+  echo "#### stage $stage ($(date -u +%H:%M:%S))"
+  case $stage in
+    install)
+      bash .devwheels/parts/install.sh || exit 1
+      tar -xJf .devwheels/llama-cpp-python-0.3.36-cuda13-sm90.tar.xz -C /tmp/site || exit 1
+      if [ -d .devwheels/cache ]; then mkdir -p "$LLM_BENCH_CACHE" && cp -r .devwheels/cache/. "$LLM_BENCH_CACHE/"; fi
+      nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
+      python3 -c "import llama_cpp, ctranslate2, bitsandbytes, hydra; print('llama_cpp', llama_cpp.__version__, 'gpu offload', llama_cpp.llama_supports_gpu_offload(), '| ctranslate2', ctranslate2.__version__, ctranslate2.get_cuda_device_count(), '| bnb', bitsandbytes.__version__)" ;;
+    tests)
+      python -m pytest -q -m gpu tests 2>&1 | tee "$OUT/gpu-tests.log" | tail -n 30 ;;
+    smollm2) engines smollm2-135m ;;
+    llama7b) engines llama2-7b-random ;;
+    pack)
+      python -m runner.report "$RUNS" --csv "$OUT/gpu-table.csv" > "$OUT/gpu-table.md"; cat "$OUT/gpu-table.md"
+      tar -czf "$OUT/gpu-records.tar.gz" -C "$RUNS" . ;;
+    *) echo "unknown stage $stage"; exit 2 ;;
+  esac
+done
