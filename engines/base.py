@@ -45,11 +45,13 @@ class Engine(ABC):
         name: the registry name (``engine=<name>`` on the command line).
         model_format: the weights format ``load`` expects, e.g. ``"hf"`` (a transformers directory).
         streams_tokens: True when ``generate`` fills ``Generation.token_times``.
+        packages: the distributions whose versions go on every record (``env_<package>``).
     """
 
     name: ClassVar[str]
     model_format: ClassVar[str]
     streams_tokens: ClassVar[bool] = False
+    packages: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any):
         self.config = config

@@ -52,6 +52,7 @@ class CTranslate2Engine(Engine):
     name = "ctranslate2"
     model_format = "ct2"
     streams_tokens = True
+    packages = ("ctranslate2",)
 
     @classmethod
     def model_variant(cls, config) -> Optional[str]:

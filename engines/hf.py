@@ -38,6 +38,7 @@ class HFEngine(Engine):
     name = "hf"
     model_format = "hf"
     streams_tokens = True
+    packages = ("transformers", "accelerate", "bitsandbytes")
 
     def load(self, model_path: str) -> None:
         cfg = self.config

@@ -9,14 +9,17 @@ tokens), then every step decodes one token of each live sequence in a single ``l
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import psutil
 
 from engines import require
 from engines.base import Engine, Generation, SamplingSpec, now
 from runner.config import ConfigError
+from runner.models import gguf_ftype
 
 CTX_ROUND = 256  # llama.cpp pads the context to 256 cells anyway; rounding up avoids re-creating it often
 
@@ -25,10 +28,14 @@ class LlamaCppEngine(Engine):
     name = "llamacpp"
     model_format = "gguf"
     streams_tokens = True
+    packages = ("llama-cpp-python",)
 
     @classmethod
     def model_variant(cls, config) -> Optional[str]:
-        return config.quant_type.lower() if config.quant_type else None
+        if not config.quant_type:
+            return None
+        gguf_ftype(config.quant_type)  # a name llama.cpp does not know fails here, before any run
+        return config.quant_type.lower()
 
     def load(self, model_path: str) -> None:
         cfg = self.config
@@ -95,9 +102,8 @@ class LlamaCppEngine(Engine):
         if cfg.n_batch:
             params.n_batch = cfg.n_batch
             params.n_ubatch = min(params.n_ubatch, cfg.n_batch)
-        if cfg.n_threads:
-            params.n_threads = params.n_threads_batch = cfg.n_threads
-        # Explicit either way: llama.cpp's own default is "auto", which would differ between machines.
+        params.n_threads = params.n_threads_batch = cfg.n_threads or _physical_cores()
+        # Explicit either way: llama.cpp's default "auto" decides per machine, off the record.
         params.flash_attn_type = (lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if cfg.flash_attn
                                   else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         for key, value in self._ctx_kwargs.items():
@@ -193,6 +199,13 @@ class LlamaCppEngine(Engine):
             self._free_context()
             self.lib.llama_model_free(self.model)
         super().close()
+
+
+def _physical_cores() -> int:
+    """llama.cpp's tools default to the physical cores; its library default (4) oversubscribes small
+    machines: on 2 cores, 4 threads decoded SmolLM2 at 37 tok/s where 2 threads gave 123."""
+    usable = len(os.sched_getaffinity(0))
+    return min(usable, psutil.cpu_count(logical=False) or usable)
 
 
 def _gguf_file(model_path: str) -> Path:

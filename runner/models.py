@@ -1,10 +1,10 @@
 """From one model spec to the format an engine loads, converted once and cached.
 
-A model config names the weights once (a hub id / HF directory, or a GGUF file). An engine declares
-the format it loads; ``prepare`` returns a path in that format, converting on first use into
-``<cache>/models/<model>-<source key>/<format>`` and reusing it afterwards. Conversions write into a
-temporary directory renamed into place, so an interrupted conversion never leaves a half-written
-cache entry. Conversion time is returned separately so it never counts as benchmark time.
+A model config names the weights once (a hub id / HF directory, a GGUF file, or a random-weights preset
+built by ``runner.random_model``). An engine declares the format it loads; ``prepare`` returns a path in
+that format, converting on first use into ``<cache>/models/<model>-<source key>/<format>`` and reusing it
+afterwards. Conversions write into a temporary directory renamed into place, so an interrupted conversion
+never leaves a half-written cache entry. Conversion time is returned separately so it never counts as benchmark time.
 """
 
 from __future__ import annotations
@@ -56,6 +56,10 @@ def gguf_path(model: ModelConfig) -> Path:
 
 def tokenizer_source(model: ModelConfig, cache_dir: Optional[str]) -> tuple[str, dict]:
     """Where to load the tokenizer from without loading any weights: (path or hub id, kwargs)."""
+    if model.random:
+        from runner.random_model import tokenizer_dir
+
+        return str(tokenizer_dir(model.random, cache_dir)), {}
     if model.hf:
         return model.hf, {"trust_remote_code": model.trust_remote_code}
     converted = _entry_dir(model, cache_dir) / "hf"
@@ -81,21 +85,31 @@ def prepare(model: ModelConfig, model_format: str, cache_dir: Optional[str],
     except KeyError:
         raise ConfigError(f"model '{model.name}': no conversion to format '{model_format}'") from None
     target = _entry_dir(model, cache_dir) / (f"{model_format}-{variant}" if variant else model_format)
-    if target.exists():
-        return PreparedModel(path=str(target), prepare_s=0.0, cache_hit=True)
     start = time.perf_counter()
+    if not build_dir_atomically(target, lambda tmp: convert(model, tmp, cache_dir, variant)):
+        return PreparedModel(path=str(target), prepare_s=0.0, cache_hit=True)
+    return PreparedModel(path=str(target), prepare_s=time.perf_counter() - start, cache_hit=False)
+
+
+def build_dir_atomically(target: Path, fill: Callable[[Path], None]) -> bool:
+    """Make directory ``target`` unless it exists: ``fill`` writes into a temporary sibling renamed into place.
+
+    Returns whether it was built now. An interrupted build never leaves a half-written ``target``.
+    """
+    if target.exists():
+        return False
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{model_format}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        convert(model, tmp, cache_dir, variant)
+        fill(tmp)
         try:
             tmp.rename(target)
-        except OSError:  # another process finished the same conversion first: keep theirs
+        except OSError:  # another process finished the same build first: keep theirs
             if not target.exists():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return PreparedModel(path=str(target), prepare_s=time.perf_counter() - start, cache_hit=False)
+    return True
 
 
 def _entry_dir(model: ModelConfig, cache_dir: Optional[str]) -> Path:
@@ -105,7 +119,11 @@ def _entry_dir(model: ModelConfig, cache_dir: Optional[str]) -> Path:
 def _source_key(model: ModelConfig) -> str:
     """Identifies the source weights, so a changed file or id never reuses a stale conversion."""
     digest = hashlib.sha256()
-    if model.hf:
+    if model.random:
+        from runner.random_model import source_id
+
+        digest.update(source_id(model.random).encode())
+    elif model.hf:
         digest.update(f"hf:{model.hf}".encode())
     else:
         path = gguf_path(model)
@@ -113,6 +131,15 @@ def _source_key(model: ModelConfig) -> str:
         with open(path, "rb") as f:
             digest.update(f.read(4 << 20))  # header + first tensors: cheap, and differs between files
     return digest.hexdigest()[:12]
+
+
+def _to_hf(model: ModelConfig, out: Path, cache_dir: Optional[str], variant: Optional[str]) -> None:
+    """A random-weights model of a preset's shapes (``model.random``), else the GGUF dequantized."""
+    if model.random:
+        from runner.random_model import build_random_model
+
+        return build_random_model(model.random, out, cache_dir)
+    return _gguf_to_hf(model, out, cache_dir, variant)
 
 
 def _gguf_to_hf(model: ModelConfig, out: Path, cache_dir: Optional[str], variant: Optional[str]) -> None:
@@ -157,23 +184,35 @@ def _hf_to_ct2(model: ModelConfig, out: Path, cache_dir: Optional[str], variant:
         raise ValueError(f"model '{model.name}': CTranslate2's vocabulary does not follow the tokenizer's ids")
 
 
-def _to_gguf(model: ModelConfig, out: Path, cache_dir: Optional[str], variant: Optional[str]) -> None:
-    """A GGUF at quantization ``variant``, made by llama.cpp itself from the model's GGUF (as shipped or
-    converted from HF); variant None reaches here only for an HF-only spec: convert_hf_to_gguf.py's output."""
-    if variant is None:
-        return _hf_to_gguf(model, out / "model.gguf", cache_dir)
+def gguf_ftype(quant_type: str) -> int:
+    """llama.cpp's file-type number for a GGUF quantization name (q8_0, q4_k_m, f16, ...; any case)."""
     from engines import require
 
     llama_cpp = require("llama_cpp", "llamacpp")
     ftypes = {name[len("LLAMA_FTYPE_MOSTLY_"):].lower(): getattr(llama_cpp, name)
               for name in dir(llama_cpp) if name.startswith("LLAMA_FTYPE_MOSTLY_")}
     ftypes["f32"] = llama_cpp.LLAMA_FTYPE_ALL_F32
-    if variant not in ftypes:
-        raise ConfigError(f"engine.quant_type={variant}: not a llama.cpp GGUF type; known: {', '.join(sorted(ftypes))}")
+    try:
+        return ftypes[quant_type.lower()]
+    except KeyError:
+        raise ConfigError(f"engine.quant_type={quant_type}: not a llama.cpp GGUF type; "
+                          f"known: {', '.join(sorted(ftypes))}") from None
+
+
+def _to_gguf(model: ModelConfig, out: Path, cache_dir: Optional[str], variant: Optional[str]) -> None:
+    """A GGUF at quantization ``variant``, made by llama.cpp itself from the model's GGUF (as shipped or
+    converted from HF); variant None reaches here only for a spec without a GGUF (model.hf or model.random):
+    convert_hf_to_gguf.py's output."""
+    if variant is None:
+        return _hf_to_gguf(model, out / "model.gguf", cache_dir)
+    from engines import require
+
+    llama_cpp = require("llama_cpp", "llamacpp")
+    ftype = gguf_ftype(variant)
     source = Path(prepare(model, "gguf", cache_dir).path)
     source = source / "model.gguf" if source.is_dir() else source
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = ftypes[variant]
+    params.ftype = ftype
     params.allow_requantize = True  # a quantized GGUF (e.g. the shipped Q4_1) may be the only source
     if llama_cpp.llama_model_quantize(str(source).encode(), str(out / "model.gguf").encode(), params) != 0:
         raise RuntimeError(f"llama.cpp could not quantize {source} to {variant} (IQ types need an imatrix)")
@@ -182,15 +221,16 @@ def _to_gguf(model: ModelConfig, out: Path, cache_dir: Optional[str], variant: O
 def _hf_to_gguf(model: ModelConfig, out_file: Path, cache_dir: Optional[str]) -> None:
     """Run llama.cpp's convert_hf_to_gguf.py (its default --outtype auto: the checkpoint's half precision)."""
     if importlib.util.find_spec("sentencepiece") is None:  # the script imports it for every Llama-type vocab
-        raise ConfigError(f"model.hf={model.hf}: converting to GGUF runs llama.cpp's convert_hf_to_gguf.py, "
+        raise ConfigError(f"model '{model.name}': converting to GGUF runs llama.cpp's convert_hf_to_gguf.py, "
                           "which needs sentencepiece: pip install sentencepiece (or set model.gguf)")
     tool = _llama_cpp_convert_tool(cache_dir)
-    if is_local_path(model.hf):
-        source = os.path.expanduser(model.hf)
+    source = prepare(model, "hf", cache_dir).path  # model.hf as given, or a random model built first
+    if is_local_path(source):
+        source = os.path.expanduser(source)
     else:
         from huggingface_hub import snapshot_download
 
-        source = snapshot_download(model.hf)
+        source = snapshot_download(source)
     path = os.pathsep.join([str(tool / "gguf-py"), str(tool), os.environ.get("PYTHONPATH", "")])
     done = subprocess.run([sys.executable, str(tool / "convert_hf_to_gguf.py"), source, "--outfile", str(out_file)],
                           env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True)
@@ -209,32 +249,27 @@ def _llama_cpp_convert_tool(cache_dir: Optional[str]) -> Path:
     import tarfile
 
     version = importlib.metadata.version("llama-cpp-python")
+    prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
+
+    def fill(out: Path) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:", "--no-deps",
+                            f"llama-cpp-python=={version}", "-d", tmp], check=True)
+            with tarfile.open(next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))) as tar:
+                members = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.name[len(prefix):]
+                           .split("/")[0] in ("convert_hf_to_gguf.py", "conversion", "gguf-py")]
+                for member in members:
+                    member.name = member.name[len(prefix):]
+                tar.extractall(out, members=members, filter="data")
+
     tool = cache_root(cache_dir) / "tools" / f"llama.cpp-{version}"
-    if tool.exists():
-        return tool
-    tool.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=tool.parent) as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:", "--no-deps",
-                        f"llama-cpp-python=={version}", "-d", tmp], check=True)
-        sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
-        prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
-        with tarfile.open(sdist) as tar:
-            members = [m for m in tar.getmembers() if m.name.startswith(prefix)
-                       and m.name[len(prefix):].split("/")[0] in ("convert_hf_to_gguf.py", "conversion", "gguf-py")]
-            for member in members:
-                member.name = member.name[len(prefix):]
-            tar.extractall(Path(tmp) / "llama.cpp", members=members, filter="data")
-        try:
-            (Path(tmp) / "llama.cpp").rename(tool)
-        except OSError:  # another process got it first
-            if not tool.exists():
-                raise
+    build_dir_atomically(tool, fill)
     return tool
 
 
 # format -> converter(model spec, empty output directory, cache_dir, variant); it fills the directory.
 CONVERTERS: dict[str, Callable[[ModelConfig, Path, Optional[str], Optional[str]], None]] = {
-    "hf": _gguf_to_hf,
+    "hf": _to_hf,
     "ct2": _hf_to_ct2,
     "gguf": _to_gguf,
 }

@@ -82,7 +82,7 @@ def execute(cfg: BenchConfig, work: Workload, run_dir: Path, overrides: list[str
     finally:
         if engine is not None:
             engine.close()
-    record.update(environment())
+    record.update(environment(work.engine_cls.packages))
     write_json_atomic(run_dir / RECORD_NAME, record)
     return record
 

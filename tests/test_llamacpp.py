@@ -88,14 +88,17 @@ def test_eos_allowed_stops_each_sequence_at_its_own_eos(engine, tokenizer):
 
 
 def test_greedy_batch_matches_each_prompt_alone(engine, tokenizer):
-    prompts = [tokenizer("The capital of France is")["input_ids"], _chat(tokenizer, "Name a colour."),
+    prompts = [tokenizer("The capital of France is")["input_ids"], _chat(tokenizer, "What is 2+2?"),
                tokenizer("def fibonacci(n):")["input_ids"]]
     sampling = SamplingSpec(16, True, 0.0)
     batched = engine.generate(prompts, sampling)
     for prompt, gen in zip(prompts, batched):
         [alone] = engine.generate([prompt], sampling)
         agree = next((i for i, (a, b) in enumerate(zip(alone.token_ids, gen.token_ids)) if a != b), 16)
-        # Batched matmuls may round differently, which could flip a near-tie late on; seen: all 16 agree.
+        # Same logic, but not always the same kernels: on AVX-512 CPUs the logits are bit-identical (all 16
+        # agree); AMX CPUs and CUDA pick other matmul kernels for larger batches and this Q4_1 model's logits
+        # then move by up to ~2 (as much as CPU vs CUDA, or flash attention on vs off), so near-ties flip.
+        # Seen for these prompts: AMX CPU 16/16/16; H100 5/16/1 (a GPU run would need a looser check).
         assert agree >= 8, (agree, alone.token_ids, gen.token_ids)
 
 
@@ -119,6 +122,11 @@ def test_shipped_gguf_is_used_as_is_and_unknown_quant_type_names_the_key(tmp_pat
     assert shipped.path == str(gguf_path(SMOLLM2)) and shipped.cache_hit
     with pytest.raises(ConfigError, match="engine.quant_type=q3_z"):
         prepare(SMOLLM2, "gguf", str(tmp_path), "q3_z")
+    from engines.llamacpp import LlamaCppEngine
+
+    assert LlamaCppEngine.model_variant(LlamaCppEngineConfig(quant_type="Q8_0")) == "q8_0"
+    with pytest.raises(ConfigError, match="engine.quant_type=Q3_Z"):  # checked when the run is planned
+        LlamaCppEngine.model_variant(LlamaCppEngineConfig(quant_type="Q3_Z"))
 
 
 def test_bad_engine_kwargs_and_too_small_n_ctx_name_the_key(engine):
