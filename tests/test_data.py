@@ -5,15 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from transformers import AutoTokenizer
 
 from runner.config import ConfigError, HFDatasetConfig, ShareGPTConfig, SyntheticConfig
 from runner.data import load_prompts
-
-
-@pytest.fixture(scope="module")
-def tokenizer(smollm2_hf):
-    return AutoTokenizer.from_pretrained(smollm2_hf)
 
 
 def test_sharegpt_slices_are_consistent_and_filtered(tokenizer):

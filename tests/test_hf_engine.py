@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from transformers import AutoTokenizer
 
 from engines.base import SamplingSpec
 from engines.hf import HFEngine
 from runner.config import BnbQuantization, HFEngineConfig
-
-
-@pytest.fixture(scope="module")
-def tokenizer(smollm2_hf):
-    return AutoTokenizer.from_pretrained(smollm2_hf)
+from tests.conftest import chat_ids
 
 
 @pytest.fixture(scope="module")
@@ -23,18 +18,13 @@ def engine(smollm2_hf):
     e.close()
 
 
-def _chat(tokenizer, question: str) -> list[int]:
-    return tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                         tokenize=True, return_dict=True)["input_ids"]
-
-
 def test_greedy_answer_is_paris(engine, tokenizer):
     [gen] = engine.generate([tokenizer("The capital of France is")["input_ids"]], SamplingSpec(4, True, 0.0))
     assert tokenizer.decode(gen.token_ids).startswith(" Paris")
 
 
 def test_forced_length_counts_exactly_the_requested_tokens(engine, tokenizer):
-    prompts = [_chat(tokenizer, "Say hi."), tokenizer("A much longer prompt, so the batch needs left padding: "
+    prompts = [chat_ids(tokenizer, "Say hi."), tokenizer("A much longer prompt, so the batch needs left padding: "
                                                         "one two three four five six seven")["input_ids"]]
     gens = engine.generate(prompts, SamplingSpec(24, ignore_eos=True, temperature=0.0))
     for gen in gens:
@@ -45,7 +35,7 @@ def test_forced_length_counts_exactly_the_requested_tokens(engine, tokenizer):
 
 
 def test_eos_allowed_stops_each_sequence_at_its_own_eos(engine, tokenizer):
-    short = _chat(tokenizer, "Reply with the single word: yes")
+    short = chat_ids(tokenizer, "Reply with the single word: yes")
     long = tokenizer("Write a long story about the sea. Once upon a time")["input_ids"]
     gens = engine.generate([short, long], SamplingSpec(48, ignore_eos=False, temperature=0.0))
     stopped, running = gens
@@ -57,7 +47,7 @@ def test_eos_allowed_stops_each_sequence_at_its_own_eos(engine, tokenizer):
 
 
 def test_greedy_batch_matches_single_prompt_output(engine, tokenizer):
-    prompts = [tokenizer("The capital of France is")["input_ids"], _chat(tokenizer, "Name a colour.")]
+    prompts = [tokenizer("The capital of France is")["input_ids"], chat_ids(tokenizer, "Name a colour.")]
     batched = engine.generate(prompts, SamplingSpec(8, True, 0.0))
     alone = engine.generate(prompts[:1], SamplingSpec(8, True, 0.0))
     assert batched[0].token_ids == alone[0].token_ids

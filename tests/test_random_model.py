@@ -28,7 +28,7 @@ def tiny_hf(cache_dir) -> str:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_hf):
+def tiny_tokenizer(tiny_hf):
     return AutoTokenizer.from_pretrained(tiny_hf)
 
 
@@ -38,7 +38,7 @@ def texts() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def prompts(tokenizer, texts) -> list[list[int]]:
+def prompts(tiny_tokenizer, texts) -> list[list[int]]:
     """Two real ShareGPT prompts of different lengths (so batches are padded)."""
     ids = [tokenizer(t)["input_ids"] for t in texts[:2]]
     return [ids[0][:40], ids[1][:17]]
@@ -76,10 +76,10 @@ def test_builds_once_seeded_then_cache_hit(tmp_path, tiny_hf):
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
-def test_tokenizer_is_llama2_like_and_round_trips_sharegpt(tokenizer, texts, cache_dir, tiny_hf):
+def test_tokenizer_is_llama2_like_and_round_trips_sharegpt(tiny_tokenizer, texts, cache_dir, tiny_hf):
     import sentencepiece
 
-    assert len(tokenizer) == 32000
+    assert len(tiny_tokenizer) == 32000
     assert (tokenizer.unk_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
     sp = sentencepiece.SentencePieceProcessor(model_file=str(Path(tiny_hf) / "tokenizer.model"))
     for text in texts + ["Ünïcödé — 日本語 🦙 12345\n\tdef f(x):  return x"]:
@@ -118,7 +118,7 @@ def test_ctranslate2_engine_generates_exactly_n_tokens(cache_dir, prompts):
         engine.close()
 
 
-def test_gguf_from_convert_hf_to_gguf_runs_in_llamacpp(cache_dir, prompts, tokenizer, texts):
+def test_gguf_from_convert_hf_to_gguf_runs_in_llamacpp(cache_dir, prompts, tiny_tokenizer, texts):
     pytest.importorskip("llama_cpp")  # the optional [llamacpp] extra
     from engines.llamacpp import LlamaCppEngine
     from llama_cpp import llama_cpp as lib
