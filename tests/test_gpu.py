@@ -1,0 +1,50 @@
+"""GPU checks of every engine on the real SmolLM2 (run on the device machine: scripts/gpu_suite.sh tests)."""
+
+from __future__ import annotations
+
+import pytest
+
+from engines import get_engine_class
+from engines.base import SamplingSpec
+from runner.config import (BnbQuantization, CT2ComputeType, CTranslate2EngineConfig, DType, HFEngineConfig,
+                           LlamaCppEngineConfig)
+from runner.models import prepare
+from runner.results import load_results
+from tests.conftest import FAST, chat_ids, smollm2_spec
+
+pytestmark = pytest.mark.gpu
+
+CASES = [
+    ("hf", HFEngineConfig(dtype=DType.float16)),
+    ("hf", HFEngineConfig(dtype=DType.float16, quantization=BnbQuantization.int8)),
+    ("hf", HFEngineConfig(dtype=DType.float16, quantization=BnbQuantization.nf4)),
+    ("llamacpp", LlamaCppEngineConfig()),
+    ("ctranslate2", CTranslate2EngineConfig(compute_type=CT2ComputeType.float16)),
+    ("ctranslate2", CTranslate2EngineConfig(compute_type=CT2ComputeType.int8_float16)),
+]
+
+
+@pytest.mark.parametrize("name, config", CASES, ids=lambda c: getattr(c, "name", None) or str(c))
+def test_engine_runs_on_the_gpu(name, config, cache_dir, tokenizer):
+    cls = get_engine_class(name)
+    engine = cls(config)
+    engine.load(prepare(smollm2_spec(), cls.model_format, cache_dir, cls.model_variant(config)).path)
+    try:
+        prompts = [tokenizer("The capital of France is")["input_ids"], chat_ids(tokenizer, "Name a colour.")]
+        gens = engine.generate(prompts, SamplingSpec(16, ignore_eos=True, temperature=0.0))
+        assert [len(g.token_ids) for g in gens] == [16, 16]
+        assert all(len(g.token_times) == 16 for g in gens)
+        assert tokenizer.decode(gens[0].token_ids).startswith(" Paris")
+        assert engine.resolved["device"] == "cuda"
+    finally:
+        engine.close()
+
+
+def test_cli_records_device_memory_on_the_gpu(run_cli, tmp_path):
+    proc = run_cli("engine.dtype=float16", "batch_size=2", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = load_results(tmp_path / "outputs").iloc[0]
+    assert row.device == "cuda" and row.dtype == "float16"
+    assert row.torch_peak_allocated_mib > row.weights_mib > 200
+    assert row.device_peak_used_mib > row.weights_mib
+    assert row.env_gpu and row.env_gpu_driver and row.env_cuda
