@@ -40,7 +40,7 @@ def texts() -> list[str]:
 @pytest.fixture(scope="module")
 def prompts(tiny_tokenizer, texts) -> list[list[int]]:
     """Two real ShareGPT prompts of different lengths (so batches are padded)."""
-    ids = [tokenizer(t)["input_ids"] for t in texts[:2]]
+    ids = [tiny_tokenizer(t)["input_ids"] for t in texts[:2]]
     return [ids[0][:40], ids[1][:17]]
 
 
@@ -80,17 +80,17 @@ def test_tokenizer_is_llama2_like_and_round_trips_sharegpt(tiny_tokenizer, texts
     import sentencepiece
 
     assert len(tiny_tokenizer) == 32000
-    assert (tokenizer.unk_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
+    assert (tiny_tokenizer.unk_token_id, tiny_tokenizer.bos_token_id, tiny_tokenizer.eos_token_id) == (0, 1, 2)
     sp = sentencepiece.SentencePieceProcessor(model_file=str(Path(tiny_hf) / "tokenizer.model"))
     for text in texts + ["Ünïcödé — 日本語 🦙 12345\n\tdef f(x):  return x"]:
-        ids = tokenizer(text)["input_ids"]
+        ids = tiny_tokenizer(text)["input_ids"]
         assert ids[0] == 1 and 2 not in ids  # <s> added, </s> not
-        assert tokenizer.decode(ids, skip_special_tokens=True) == text  # byte fallback: nothing is lost
+        assert tiny_tokenizer.decode(ids, skip_special_tokens=True) == text  # byte fallback: nothing is lost
         assert ids[1:] == sp.encode(text)  # tokenizer.json and tokenizer.model (llama.cpp's source) agree
     # The runner loads the tokenizer before any weights: that needs only the cached tokenizer.
     source, kwargs = tokenizer_source(TINY, cache_dir)
     assert not list(Path(source).glob("*.safetensors"))
-    assert AutoTokenizer.from_pretrained(source, **kwargs)(texts[0])["input_ids"] == tokenizer(texts[0])["input_ids"]
+    assert AutoTokenizer.from_pretrained(source, **kwargs)(texts[0])["input_ids"] == tiny_tokenizer(texts[0])["input_ids"]
 
 
 def test_hf_engine_generates_exactly_n_tokens(tiny_hf, prompts):
@@ -133,7 +133,7 @@ def test_gguf_from_convert_hf_to_gguf_runs_in_llamacpp(cache_dir, prompts, tiny_
             data = text.encode()
             ids = (lib.llama_token * (len(data) + 2))()
             n = lib.llama_tokenize(lib.llama_model_get_vocab(engine.model), data, len(data), ids, len(ids), True, False)
-            assert list(ids[:n]) == tokenizer(text)["input_ids"]
+            assert list(ids[:n]) == tiny_tokenizer(text)["input_ids"]
         _forced(engine.generate(prompts, SamplingSpec(N, ignore_eos=True, temperature=0.0)))
     finally:
         engine.close()
