@@ -5,8 +5,9 @@
 #   install   unpack the carried wheels and the prebuilt CUDA llama.cpp into /tmp/site
 #   tests     the GPU-marked tests
 #   smollm2   engines x batch 1/4/16 on SmolLM2-135M (HF fp16, bnb int8/nf4, llama.cpp, CTranslate2)
-#   llama7b   the same on a Llama-2-7B-shaped random-weights model (built and converted on first use)
-#   pack      tables and records into $OUT
+#   llama7b-hf, llama7b-llamacpp, llama7b-ct2
+#             the same on a Llama-2-7B-shaped random-weights model (built and converted on first use)
+#   pack      tables and records of every run so far into $OUT (end each call with it: $OUT is emptied)
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
@@ -18,6 +19,7 @@ libs=$(python3 -c "import nvidia; print(':'.join(p + '/cu13/lib:' + p + '/cublas
 export LD_LIBRARY_PATH=${libs}:${LD_LIBRARY_PATH:-}
 RUNS=/tmp/gpu-runs
 COMMON="dataset.limit=16 generation.max_new_tokens=64"
+BATCHES=1,4,16
 
 sweep() {  # sweep NAME ARGS... : one multirun into $RUNS/NAME, its log under $OUT
   local name=$1; shift
@@ -26,12 +28,11 @@ sweep() {  # sweep NAME ARGS... : one multirun into $RUNS/NAME, its log under $O
     | tee -a "$OUT/$name.log" | tail -n 25
 }
 
-engines() {  # engines MODEL : every engine of issue 4 on one model, batch 1/4/16
-  local model=$1
-  sweep "$model-hf" model="$model" engine=hf engine.dtype=float16 engine.quantization=none,int8,nf4 batch_size=1,4,16
-  sweep "$model-llamacpp" model="$model" engine=llamacpp batch_size=1,4,16
-  sweep "$model-ct2" model="$model" engine=ctranslate2 engine.compute_type=float16,int8_float16 batch_size=1,4,16
-}
+# One engine family on one model, batch 1/4/16: hf (fp16, bnb int8, bnb nf4), llamacpp (all layers on
+# the GPU), ct2 (float16, int8_float16).
+hf() { sweep "$1-hf" model="$1" engine=hf engine.dtype=float16 engine.quantization=none,int8,nf4 batch_size=$BATCHES; }
+llamacpp() { sweep "$1-llamacpp" model="$1" engine=llamacpp batch_size=$BATCHES; }
+ct2() { sweep "$1-ct2" model="$1" engine=ctranslate2 engine.compute_type=float16,int8_float16 batch_size=$BATCHES; }
 
 for stage in "$@"; do
   echo "#### stage $stage ($(date -u +%H:%M:%S))"
@@ -44,8 +45,8 @@ for stage in "$@"; do
       python3 -c "import llama_cpp, ctranslate2, bitsandbytes, hydra; print('llama_cpp', llama_cpp.__version__, 'gpu offload', llama_cpp.llama_supports_gpu_offload(), '| ctranslate2', ctranslate2.__version__, ctranslate2.get_cuda_device_count(), '| bnb', bitsandbytes.__version__)" ;;
     tests)
       python -m pytest -q -m gpu tests 2>&1 | tee "$OUT/gpu-tests.log" | tail -n 30 ;;
-    smollm2) engines smollm2-135m ;;
-    llama7b) engines llama2-7b-random ;;
+    smollm2) hf smollm2-135m; llamacpp smollm2-135m; ct2 smollm2-135m ;;
+    llama7b-*) COMMON="dataset.limit=16 generation.max_new_tokens=32"; ${stage#llama7b-} llama2-7b-random ;;
     pack)
       python -m runner.report "$RUNS" --csv "$OUT/gpu-table.csv" > "$OUT/gpu-table.md"; cat "$OUT/gpu-table.md"
       tar -czf "$OUT/gpu-records.tar.gz" -C "$RUNS" . ;;
