@@ -67,6 +67,8 @@ def environment(engine_packages: tuple[str, ...] = ()) -> dict[str, Any]:
 
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    if commit is None:  # a copy of the tree without .git (e.g. the GPU machine): the caller may say which
+        commit = os.environ.get("LLM_BENCH_GIT_COMMIT")
     env = {
         "env_hostname_hash": hashlib.sha256(socket.gethostname().encode()).hexdigest()[:12],
         "env_platform": platform.platform(),
@@ -77,7 +79,7 @@ def environment(engine_packages: tuple[str, ...] = ()) -> dict[str, Any]:
         "env_cuda": torch.version.cuda,
         "env_transformers": _version("transformers"),
         "env_git_commit": commit,
-        "env_git_dirty": bool(status) if commit else None,
+        "env_git_dirty": bool(status) if status is not None else None,
     }
     env.update(_gpus())
     for dist in engine_packages:

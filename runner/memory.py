@@ -9,7 +9,9 @@ before the model loaded, so other tenants' steady use does not count.
 
 from __future__ import annotations
 
+import gc
 import resource
+import sys
 import threading
 from typing import Optional
 
@@ -89,3 +91,15 @@ class DeviceSampler:
         self._thread.join()
         self.peak_bytes = max(self.peak_bytes, self._used_bytes())
         return (self.peak_bytes - self.baseline_bytes) / MIB
+
+
+def release_cached_device_memory() -> None:
+    """Return what PyTorch's allocator caches to the driver before a run's baseline is read.
+
+    Work done earlier in this process (building a random model on the GPU, a previous run of a sweep)
+    leaves freed blocks cached; NVML counts them as used, which would hide this run's own memory.
+    """
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import traceback
 import uuid
 from dataclasses import asdict, dataclass
@@ -16,7 +15,7 @@ from runner.config import BenchConfig, ConfigError, validate
 from runner.data import load_prompts
 from runner.environment import environment
 from runner.measure import chunk, measure, warm_up
-from runner.memory import MIB, DeviceSampler, HostPeak
+from runner.memory import MIB, DeviceSampler, HostPeak, release_cached_device_memory
 from runner.metrics import summarize
 from runner.models import prepare, tokenizer_source
 from runner.records import RECORD_NAME, flatten, write_json_atomic
@@ -89,7 +88,7 @@ def execute(cfg: BenchConfig, work: Workload, run_dir: Path, overrides: list[str
 
 def _measure(cfg: BenchConfig, work: Workload, engine, model_path: str, progress: bool) -> dict[str, Any]:
     host, device = HostPeak(), DeviceSampler(cfg.measure.memory_sample_hz)
-    gc.collect()
+    release_cached_device_memory()
     host.reset()
     device.start()
     try:

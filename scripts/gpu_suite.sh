@@ -46,6 +46,7 @@ for stage in "$@"; do
     tests)
       python -m pytest -q -m gpu tests 2>&1 | tee "$OUT/gpu-tests.log" | tail -n 30 ;;
     smollm2) hf smollm2-135m; llamacpp smollm2-135m; ct2 smollm2-135m ;;
+    smollm2-*) ${stage#smollm2-} smollm2-135m ;;
     llama7b-*) COMMON="dataset.limit=16 generation.max_new_tokens=32"; ${stage#llama7b-} llama2-7b-random ;;
     pack)
       python -m runner.report "$RUNS" --csv "$OUT/gpu-table.csv" > "$OUT/gpu-table.md"; cat "$OUT/gpu-table.md"

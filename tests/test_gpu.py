@@ -44,7 +44,7 @@ def test_cli_records_device_memory_on_the_gpu(run_cli, tmp_path):
     proc = run_cli("engine.dtype=float16", "batch_size=2", *FAST)
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = load_results(tmp_path / "outputs").iloc[0]
-    assert row.device == "cuda" and row.dtype == "float16"
+    assert row["device"] == "cuda" and row["dtype"] == "float16"  # row.dtype is the Series' own
     assert row.torch_peak_allocated_mib > row.weights_mib > 200
     assert row.device_peak_used_mib > row.weights_mib
     assert row.env_gpu and row.env_gpu_driver and row.env_cuda
