@@ -161,6 +161,7 @@ class GenerationConfig:
 class MeasureConfig:
     warmup_batches: int = 1  # run on the first batches' prompts before timing, never recorded
     memory_sample_hz: float = 100.0  # device-memory sampler rate (NVML), in a background thread
+    agreement_prompts: int = 4  # greedy agreement with the HF reference on this many prompts (0: off)
 
 
 @dataclass
@@ -227,7 +228,7 @@ def validate(cfg: BenchConfig) -> None:
     _positive("measure.memory_sample_hz", cfg.measure.memory_sample_hz)
     if cfg.generation.temperature < 0:
         raise ConfigError(f"generation.temperature={cfg.generation.temperature}: must be >= 0")
-    for key in ("dataset.offset", "measure.warmup_batches"):
+    for key in ("dataset.offset", "measure.warmup_batches", "measure.agreement_prompts"):
         group, name = key.split(".")
         if getattr(getattr(cfg, group), name) < 0:
             raise ConfigError(f"{key}={getattr(getattr(cfg, group), name)}: must be >= 0")

@@ -6,6 +6,7 @@ from tqdm import tqdm
 
 from engines.base import Engine, SamplingSpec, now
 from runner.metrics import BatchSample, RequestSample, request_sample
+from runner.quality import AGREEMENT_TOKENS
 
 
 def chunk(prompts: list[list[int]], batch_size: int) -> list[list[list[int]]]:
@@ -36,6 +37,8 @@ def measure(engine: Engine, batches: list[list[list[int]]], sampling: SamplingSp
             request_sample(index, len(prompt), start, gen.token_times, len(gen.token_ids))
             for prompt, gen in zip(batch, generations)
         ]
+        for request, gen in zip(requests, generations):
+            request.output_head = gen.token_ids[:AGREEMENT_TOKENS]
         firsts = [g.token_times[0] for g in generations if g.token_times]
         lasts = [g.token_times[-1] for g in generations if g.token_times]
         batch_samples.append(BatchSample(

@@ -42,6 +42,7 @@ class RequestSample:
     e2el_ms: Optional[float] = None
     tpot_ms: Optional[float] = None
     itl_ms: list[float] = field(default_factory=list)
+    output_head: list[int] = field(default_factory=list)  # the first generated token ids (quality checks)
 
 
 @dataclass

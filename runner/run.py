@@ -18,6 +18,7 @@ from runner.measure import chunk, measure, warm_up
 from runner.memory import MIB, DeviceSampler, HostPeak, release_cached_device_memory
 from runner.metrics import summarize
 from runner.models import prepare, tokenizer_source
+from runner.quality import agreement_fields, wanted_reference
 from runner.records import RECORD_NAME, flatten, write_json_atomic
 
 
@@ -71,8 +72,11 @@ def execute(cfg: BenchConfig, work: Workload, run_dir: Path, overrides: list[str
         prepared = prepare(cfg.model, work.engine_cls.model_format, cfg.cache_dir, work.model_variant)
         record.update(model_path=prepared.path, model_prepare_s=prepared.prepare_s,
                       model_cache_hit=prepared.cache_hit)
+        reference = wanted_reference(cfg, work.prompts, work.sampling)  # cached; before any timing
         engine = work.engine_cls(cfg.engine)
         record.update(_measure(cfg, work, engine, prepared.path, progress))
+        heads = [r["output_head"] for r in record["request_samples"]]
+        record.update(agreement_fields(work.sampling, reference, heads))
         record["status"] = "ok"
     except Exception as exc:  # the run failed: keep it as a row with its error
         record["status"] = "oom" if "out of memory" in str(exc).lower() else "error"

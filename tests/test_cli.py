@@ -91,3 +91,23 @@ def test_a_failing_run_becomes_a_row_with_its_error(run_cli, tmp_path):
     record = json.loads(path.read_text())
     assert record["status"] == "error" and record["error"]
     assert record["engine_device"] == "cuda" and record["env_python"]
+
+
+def test_multirun_across_engines_compares_in_pandas(run_cli, tmp_path):
+    """The same prompts through HF, llama.cpp and CTranslate2 in one sweep (issue 4's CI grid)."""
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("ctranslate2")
+    proc = run_cli("-m", "engine=hf,llamacpp,ctranslate2", "batch_size=1,4", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = load_results(tmp_path / "outputs")
+    assert len(df) == 6 and (df.status == "ok").all()
+    assert (df.output_tokens == 4 * 8).all() and df.input_tokens.nunique() == 1
+    table = df.pivot_table(index="batch_size", columns="engine_name", values="output_tok_s")
+    assert table.shape == (2, 3) and table.notna().all().all()
+    assert set(df.model_format) == {"hf", "gguf", "ct2"}
+    assert (df.weights_mib > 50).all()
+    assert set(df.greedy_reference) == {"hf float32 cpu batch 1"}
+    hf = df[df.engine_name == "hf"]
+    assert (hf.greedy_agreement == 1.0).all()  # the reference itself, batched or not
+    assert df.greedy_agreement.between(0, 1).all()
+    assert df.loc[df.engine_name == "llamacpp", "batching"].eq("batched").all()

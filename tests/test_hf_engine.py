@@ -77,3 +77,10 @@ def test_bitsandbytes_quantization_shrinks_the_weights(smollm2_hf, engine, token
         assert quantized.resolved["quantization"] == quantization
     finally:
         quantized.close()
+
+
+def test_a_missing_engine_package_names_the_install_command():
+    from engines import MissingEnginePackage, require
+
+    with pytest.raises(MissingEnginePackage, match=r"pip install -e '\.\[nope\]'"):
+        require("no_such_engine_package", "nope")

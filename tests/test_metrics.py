@@ -55,3 +55,13 @@ def test_flatten_names_columns_with_units():
     assert flat["ttft_ms_p50"] == pytest.approx(1.0)
     assert flat["batch_latency_ms_p99"] == pytest.approx(10.0)
     assert flatten({"engine": {"dtype": "bf16", "engine_kwargs": {}}}) == {"engine_dtype": "bf16", "engine_engine_kwargs": None}
+
+
+def test_greedy_agreement_counts_identical_tokens_by_position():
+    from runner.quality import agreement
+
+    reference = [[1, 2, 3, 4], [5, 6, 7, 8]]
+    # first: 3 of 4 positions equal (the third differs); second: diverges at the second token -> 1 of 4
+    assert agreement(reference, [[1, 2, 9, 4], [5, 9, 9, 9]]) == pytest.approx(4 / 8)
+    assert agreement(reference, reference) == 1.0
+    assert agreement(reference, [[1, 2], [5, 6, 7, 8]]) == pytest.approx(6 / 8)  # a shorter output misses positions

@@ -1,0 +1,74 @@
+"""Greedy agreement with a reference: does this engine or quantization change the text?
+
+The reference is HF transformers at full precision for the device (float32 on CPU, float16 on CUDA),
+greedy, each prompt alone (no padding), on the first ``measure.agreement_prompts`` prompts of the run,
+for the first 32 tokens. It is computed once per model, prompts and settings and cached on disk, never
+inside a timed region. A run's agreement is the share of positions, among those first tokens, where
+its own greedy output holds the same token as the reference (vLLM-style "exact match" per position).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Optional
+
+from engines.base import SamplingSpec
+from runner.config import BenchConfig, HFEngineConfig
+from runner.models import cache_root, prepare
+from runner.records import write_json_atomic
+
+AGREEMENT_TOKENS = 32
+
+
+def agreement(reference: list[list[int]], outputs: list[list[int]]) -> float:
+    """Share of identical tokens, position by position, over the reference's positions."""
+    total = sum(len(ref) for ref in reference)
+    same = sum(a == b for ref, out in zip(reference, outputs) for a, b in zip(ref, out))
+    return same / total
+
+
+def reference_outputs(cfg: BenchConfig, prompts: list[list[int]], sampling: SamplingSpec) -> dict:
+    """{"reference": what produced it, "outputs": its first tokens per prompt}, cached on disk by model,
+    prompts and settings."""
+    n_tokens = min(AGREEMENT_TOKENS, sampling.max_new_tokens)
+    key = hashlib.sha256(json.dumps([cfg.model.name, cfg.model.hf, cfg.model.gguf, cfg.model.random,
+                                     prompts, n_tokens, sampling.ignore_eos]).encode()).hexdigest()[:16]
+    path = cache_root(cfg.cache_dir) / "references" / f"{cfg.model.name}-{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    from engines.hf import HFEngine
+
+    engine = HFEngine(HFEngineConfig())  # dtype auto: float32 on CPU, float16 on CUDA
+    engine.load(prepare(cfg.model, "hf", cfg.cache_dir).path)
+    try:
+        spec = SamplingSpec(max_new_tokens=n_tokens, ignore_eos=sampling.ignore_eos, temperature=0.0)
+        outputs = [engine.generate([prompt], spec)[0].token_ids for prompt in prompts]
+        described = f"hf {engine.resolved['dtype']} {engine.resolved['device']} batch 1"
+    finally:
+        engine.close()
+    result = {"reference": described, "outputs": outputs}
+    write_json_atomic(path, result)
+    return result
+
+
+def agreement_fields(sampling: SamplingSpec, reference: Optional[dict], heads: list[list[int]]) -> dict:
+    """The record's agreement fields; the note says why the figure is empty when it is."""
+    fields = {"greedy_agreement": None, "greedy_agreement_prompts": 0, "greedy_reference": None,
+              "greedy_agreement_note": None}
+    if reference is None:
+        fields["greedy_agreement_note"] = ("sampling (temperature > 0): no greedy reference"
+                                           if sampling.temperature > 0 else "disabled (measure.agreement_prompts=0)")
+        return fields
+    outputs = reference["outputs"]
+    fields.update(greedy_agreement=agreement(outputs, heads[:len(outputs)]), greedy_agreement_prompts=len(outputs),
+                  greedy_reference=reference["reference"])
+    return fields
+
+
+def wanted_reference(cfg: BenchConfig, prompts: list[list[int]], sampling: SamplingSpec) -> Optional[dict]:
+    """The reference for this run, or None when agreement is off or meaningless (sampling)."""
+    n = cfg.measure.agreement_prompts
+    if n == 0 or sampling.temperature > 0:
+        return None
+    return reference_outputs(cfg, prompts[:n], sampling)
