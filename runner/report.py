@@ -27,6 +27,7 @@ COLUMNS = [
     ("host peak MiB", "host_peak_rss_mib", 0),
     ("device peak MiB", "device_peak_used_mib", 0),
     ("torch alloc MiB", "torch_peak_allocated_mib", 0),
+    ("greedy agree", "greedy_agreement", 2),
 ]
 
 
