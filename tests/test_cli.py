@@ -64,7 +64,7 @@ def test_eos_allowed_counts_only_tokens_really_generated(run_cli, tmp_path):
         (["batch_size=0"], "error: batch_size=0: must be greater than 0"),
         (["generation.max_new_tokens=-1"], "error: generation.max_new_tokens=-1: must be greater than 0"),
         (["engine=nope"], "error: Could not find 'engine/nope'; valid choices: "),
-        (["model=nope"], "valid choices: smollm2-135m"),
+        (["model=nope"], "valid choices: llama2-7b-random, smollm2-135m, tiny-llama-random"),
         (["dataset=nope"], "valid choices: sharegpt, synthetic, tinystories"),
         (["engine.dtype=fp8"], "expected one of [auto, float32, float16, bfloat16]"),
         (["engine.nope=1"], "Key 'nope' not in 'HFEngineConfig'; valid keys: name, engine_kwargs, dtype"),
@@ -111,3 +111,12 @@ def test_multirun_across_engines_compares_in_pandas(run_cli, tmp_path):
     assert (hf.greedy_agreement == 1.0).all()  # the reference itself, batched or not
     assert df.greedy_agreement.between(0, 1).all()
     assert df.loc[df.engine_name == "llamacpp", "batching"].eq("batched").all()
+
+
+def test_bitsandbytes_composes_from_the_command_line(run_cli, tmp_path):
+    pytest.importorskip("bitsandbytes")  # the optional [bnb] extra
+    proc = run_cli("engine=hf", "engine.quantization=nf4", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = load_results(tmp_path / "outputs").iloc[0]
+    assert (row.status, row.engine_quantization, row.quantization) == ("ok", "nf4", "nf4")
+    assert row.output_tokens == 4 * 8 and row.weights_mib < 200  # 4-bit weights: ~159 MiB vs 513 float32
