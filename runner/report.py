@@ -1,18 +1,23 @@
-"""The seed-style table from run records: one row per configuration and batch size. Reads; never measures.
+"""A report directory from run records: report.md (seed-style tables, environment), PNG plots, results.csv.
 
-    python -m runner.report outputs/multirun/2026-11-22/ [more paths or globs] [--csv results.csv]
+    python -m runner.report outputs/multirun/2026-11-22/ [more paths or globs] [--baseline engine_name=hf]
+                            [--out DIR] [--csv table.csv]
+
+Reads records; never measures.
 """
 
 from __future__ import annotations
 
 import argparse
+import numbers
 import sys
+from pathlib import Path
 
 import pandas as pd
 
-from runner.results import load_results
+from runner.results import RAW_SAMPLE_COLUMNS, export, latest, load_results, speedup
 
-# (column in the table, record field, decimals)
+# (column in the table, record field, decimals). Fields a record lacks are left out of the table.
 COLUMNS = [
     ("batch", "batch_size", 0),
     ("prompts", "prompts", 0),
@@ -22,6 +27,7 @@ COLUMNS = [
     ("TTFT p50 ms", "ttft_ms_p50", 1),
     ("TPOT p50 ms", "tpot_ms_p50", 2),
     ("out tok/s", "output_tok_s", 1),
+    ("speed-up", "output_tok_s_speedup", 2),  # only with a baseline (runner.results.speedup)
     ("load s", "load_s", 1),
     ("weights MiB", "weights_mib", 0),
     ("host peak MiB", "host_peak_rss_mib", 0),
@@ -29,6 +35,22 @@ COLUMNS = [
     ("torch alloc MiB", "torch_peak_allocated_mib", 0),
     ("greedy agree", "greedy_agreement", 2),
 ]
+LATENCY_COLUMNS = [("batch", "batch_size", 0)] + [
+    (f"{name} {q} ms", f"{field}_{q}", digits)
+    for name, field, digits in [("TTFT", "ttft_ms", 1), ("TPOT", "tpot_ms", 2), ("ITL", "itl_ms", 2),
+                                ("E2EL", "e2el_ms", 0)]
+    for q in ("p50", "p90", "p99")
+]
+WORKLOAD = {"model_name": "model", "dataset_name": "dataset", "prompts": "prompts", "input_tokens": "in tok",
+            "generation_max_new_tokens": "new tok per prompt", "generation_ignore_eos": "ignore EOS",
+            "measure_warmup_batches": "warm-up batches"}
+PLOT_CAPTIONS = {
+    "throughput.png": "Output tokens/s against batch size.",
+    "memory.png": "Peak memory against batch size (the axis says which: device NVML peak, or host RSS).",
+    "latency.png": "TTFT and TPOT per request, p50 (solid), p90 (dashed), p99 (dotted); log scales.",
+    "decode_rate.png": "Achieved decode rate, batch × 1000 / TPOT p50. The memory-bandwidth roofline is not "
+                       "drawn yet: it needs the device's peak bandwidth, which the records do not carry.",
+}
 
 
 def configuration(row: pd.Series) -> str:
@@ -43,43 +65,133 @@ def configuration(row: pd.Series) -> str:
     return " ".join(str(p) for p in parts if isinstance(p, str) and p)
 
 
-def table(df: pd.DataFrame) -> pd.DataFrame:
+def table(df: pd.DataFrame, columns: list[tuple[str, str, int]] = COLUMNS) -> pd.DataFrame:
+    """One row per run: model, configuration, status, then the `columns` the records have, renamed."""
     df = df.assign(configuration=df.apply(configuration, axis=1))
-    present = [(name, field, digits) for name, field, digits in COLUMNS if field in df]
+    present = [(name, field, digits) for name, field, digits in columns if field in df]
     out = df[["model_name", "configuration", "status", *(f for _, f, _ in present)]].copy()
     out.columns = ["model", "configuration", "status", *(n for n, _, _ in present)]
     return out.sort_values(["model", "configuration", "batch"], kind="stable").reset_index(drop=True)
 
 
+DIGITS = {name: digits for name, _, digits in COLUMNS + LATENCY_COLUMNS}
+
+
+def cell(column: str, value) -> str:
+    """A table cell: numbers rounded to the column's decimals with thousands separators, missing as '—'."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "—"
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and column in DIGITS:
+        return f"{value:,.{DIGITS[column]}f}"
+    return str(value)
+
+
 def markdown(df: pd.DataFrame) -> str:
-    digits = {name: d for name, _, d in COLUMNS}
-
-    def cell(column: str, value) -> str:
-        if value is None or (isinstance(value, float) and pd.isna(value)):
-            return "—"
-        if isinstance(value, (int, float)) and column in digits:
-            return f"{value:,.{digits[column]}f}"
-        return str(value)
-
     lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    for _, row in df.iterrows():
-        lines.append("| " + " | ".join(cell(c, row[c]) for c in df.columns) + " |")
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(cell(c, v) for c, v in zip(df.columns, row)) + " |")
     return "\n".join(lines)
 
 
+def environment(df: pd.DataFrame) -> str:
+    """The env_* columns as a table: each field's distinct values (several when the runs differ)."""
+    rows = []
+    for column in (c for c in df.columns if c.startswith("env_")):
+        values = [str(v) for v in df[column].dropna().unique()]
+        rows.append({"field": column.removeprefix("env_"), "value": "; ".join(values) or "—"})
+    return markdown(pd.DataFrame(rows, columns=["field", "value"]))
+
+
+def failures(df: pd.DataFrame) -> str:
+    failed = df[df["status"] != "ok"]
+    lines = [f"- {r.model_name} · {r.configuration} · batch {r.batch_size}: **{r.status}** — "
+             f"{str(r.error).strip().splitlines()[-1] if isinstance(r.error, str) else 'no error recorded'} "
+             f"(`{r.run_dir}`)" for r in failed.itertuples()]
+    return "\n".join(lines)
+
+
+def report_markdown(df: pd.DataFrame, paths: list[str], superseded: int, baseline: str | None,
+                    plots: list[Path]) -> str:
+    """The whole report.md for the rows of df (latest run per configuration, with `configuration`)."""
+    ok = df["status"] == "ok"
+    started = df["started_at"].dropna()
+    span = f", {started.min():%Y-%m-%d %H:%M} to {started.max():%Y-%m-%d %H:%M} UTC" if len(started) else ""
+    parts = [
+        f"# Benchmark report: {', '.join(sorted(df['model_name'].unique()))}",
+        f"{len(df)} runs ({ok.sum()} ok, {(~ok).sum()} failed) from the records under "
+        f"{', '.join(f'`{p}`' for p in paths)}{span}. Each row is the latest run of its configuration"
+        + (f" ({superseded} older runs of the same configurations left out)" if superseded else "")
+        + ". Made by `python -m runner.report`, which reads the records and measures nothing.",
+        "## Workload", markdown(df.loc[ok, [c for c in WORKLOAD if c in df]].drop_duplicates()
+                                .rename(columns=WORKLOAD)),
+        "## Results",
+        "`batch p50 ms` is one `generate` call for the whole batch; TTFT/TPOT are per request; `out tok/s` = all "
+        "output tokens / sum of batch latencies. `weights` = what the engine holds; `host peak` = peak RSS from "
+        "model load on; `device peak` = NVML used memory, peak minus the reading before load; `torch alloc` = "
+        "PyTorch's peak allocated. `greedy agree` (when the records have it) = share of identical greedy tokens "
+        "against the reference (`greedy_reference` in results.csv). Failed runs keep their row, status not `ok`, figures `—`.",
+    ]
+    if baseline:
+        parts.append(f"`speed-up` = out tok/s divided by that of the baseline run (`{baseline}`) of the same "
+                     "model and batch size.")
+    parts += [markdown(table(df)), "## Latency percentiles (ms, per request; ITL pooled over every token gap)",
+              markdown(table(df, LATENCY_COLUMNS))]
+    if (~ok).any():
+        parts += ["## Failed runs", failures(df)]
+    if plots:
+        parts.append("## Plots (successful runs only)")
+        parts += [f"![{p.stem}]({p.name})\n\n{PLOT_CAPTIONS.get(p.name, '')}" for p in plots]
+    parts += ["## Environment", environment(df), "Full precision values, one row per run: `results.csv`."]
+    return "\n\n".join(parts) + "\n"
+
+
+def prepare(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
+    """The report's rows: the latest run of each configuration, labelled, sorted, with the speed-up column."""
+    rows = latest(df)
+    rows = rows.assign(configuration=rows.apply(configuration, axis=1))
+    rows = rows.sort_values(["model_name", "configuration", "batch_size"], kind="stable").reset_index(drop=True)
+    if baseline:
+        rows["output_tok_s_speedup"] = speedup(rows, "output_tok_s", baseline)
+    return rows
+
+
+def write_report(rows: pd.DataFrame, out: Path, paths: list[str], superseded: int = 0,
+                 baseline: str | None = None) -> list[Path]:
+    """report.md, results.csv and the plots of prepare()'s rows, written into `out`; returns the files."""
+    from runner.plots import write_plots  # matplotlib only when a report is written
+
+    out.mkdir(parents=True, exist_ok=True)
+    plots = write_plots(rows, out)
+    report = out / "report.md"
+    report.write_text(report_markdown(rows, paths, superseded, baseline, plots), encoding="utf-8")
+    # The records keep the raw samples and tracebacks; the report stays small enough to commit.
+    csv = export(rows.drop(columns=[*RAW_SAMPLE_COLUMNS, "traceback"], errors="ignore"), out / "results.csv")
+    return [report, csv, *plots]
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m runner.report", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="run or sweep directories, record.json files, or globs")
-    parser.add_argument("--csv", help="also write the table as CSV here")
+    parser.add_argument("--baseline", help="runs to divide throughput by, per model and batch size, "
+                                           "e.g. engine_name=hf or engine_name=hf,quantization=none")
+    parser.add_argument("--out", type=Path, help="report directory (default: <first path>/report, or report/)")
+    parser.add_argument("--csv", help="also write the main table as CSV here")
     args = parser.parse_args(argv)
     df = load_results(args.paths)
     if df.empty:
         print(f"no records under {' '.join(args.paths)}", file=sys.stderr)
         return 1
-    result = table(df)
-    print(markdown(result))
+    try:
+        rows = prepare(df, args.baseline)
+    except ValueError as exc:  # a baseline that matches nothing, or several runs per model and batch size
+        parser.error(str(exc))
+    first = Path(args.paths[0])
+    out = args.out or (first / "report" if first.is_dir() else Path("report"))
+    files = write_report(rows, out, args.paths, len(df) - len(rows), args.baseline)
+    print(markdown(table(rows)))
     if args.csv:
-        result.to_csv(args.csv, index=False)
+        table(rows).to_csv(args.csv, index=False)
+    print(f"report: {', '.join(str(f) for f in files)}")
     return 0
 
 

@@ -65,16 +65,20 @@ def chat_ids(tokenizer, question: str) -> list[int]:
                                          tokenize=True, return_dict=True)["input_ids"]
 
 
+def run_runner(cwd, cache_dir: str, *args: str, module: str = "runner", timeout: float = 900
+               ) -> subprocess.CompletedProcess:
+    """Run `python -m <module> <args>` in cwd (so outputs/ lands there), with the shared model cache."""
+    env = {**os.environ, "LLM_BENCH_CACHE": cache_dir, "HYDRA_FULL_ERROR": "0"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
 @pytest.fixture
 def run_cli(tmp_path, cache_dir):
     """Run `python -m runner <args>` in tmp_path (so outputs/ lands there); returns the CompletedProcess."""
 
     def _run(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-        env = {**os.environ, "LLM_BENCH_CACHE": cache_dir, "HYDRA_FULL_ERROR": "0"}
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-        return subprocess.run(
-            [sys.executable, "-m", "runner", *args],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout,
-        )
+        return run_runner(tmp_path, cache_dir, *args, timeout=timeout)
 
     return _run

@@ -1,0 +1,136 @@
+"""PNG plots of successful runs: one line per configuration, batch size on a log2 axis, one panel per model.
+
+Reads a DataFrame of records (runner.results); never measures. Figures are built with matplotlib's
+object API (Figure, no pyplot) so the Agg renderer draws them without a display and no global state leaks
+between plots.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+PERCENTILES = [("p50", "-"), ("p90", "--"), ("p99", ":")]
+
+
+def colors(configurations: list[str]) -> dict[str, tuple]:
+    """One color per configuration, the same in every plot of a report (tab10, then tab20 beyond ten)."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if len(configurations) <= 10 else "tab20"]
+    return {name: cmap(i % cmap.N) for i, name in enumerate(sorted(configurations))}
+
+
+def _batch_axis(ax, batch_sizes) -> None:
+    """Log2 x axis labelled with the batch sizes that ran (1, 2, 4 … not 2^0, 2^1)."""
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(sorted(set(batch_sizes))))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("batch size (log2 scale)")
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _panels(df: pd.DataFrame, rows: int = 1, height: float = 4.2) -> tuple[Figure, list, list]:
+    """A figure with one column of axes per model; returns it, the models and the axes grid [row][model]."""
+    models = sorted(df["model_name"].unique())
+    fig = Figure(figsize=(6.4 * len(models), height * rows), layout="constrained")
+    axes = fig.subplots(rows, len(models), squeeze=False)
+    return fig, models, axes
+
+
+def _lines(ax, group: pd.DataFrame, y: Callable[[pd.DataFrame], pd.Series], palette: dict, **style) -> None:
+    for name, runs in group.sort_values("batch_size").groupby("configuration", sort=True):
+        ax.plot(runs["batch_size"], y(runs), color=palette[name], label=name, **{"marker": "o", **style})
+
+
+def _legend(fig: Figure, df: pd.DataFrame, palette: dict, extra: list[Line2D] = ()) -> None:
+    """One legend for the whole figure, beside the panels: colors mean the same configuration in each."""
+    handles = [Line2D([], [], color=palette[c], marker="o", label=c) for c in sorted(df["configuration"].unique())]
+    fig.legend(handles=[*handles, *extra], loc="outside right upper", title="configuration", fontsize="small")
+
+
+def per_batch_plot(df: pd.DataFrame, palette: dict, path: Path, title: str, ylabel: str,
+                   y: Callable[[pd.DataFrame], pd.Series], extra: Callable | None = None,
+                   log_y: bool = False, note: str = "") -> Path:
+    """One panel per model: y(runs) against batch size, one line per configuration; `note` above them."""
+    fig, models, axes = _panels(df)
+    if note:
+        fig.suptitle(note, fontsize="medium")
+    for ax, model in zip(axes[0], models):
+        group = df[df["model_name"] == model]
+        _lines(ax, group, y, palette)
+        if extra:
+            extra(ax, group)
+        _batch_axis(ax, group["batch_size"])
+        if log_y:  # engines differ by 10-100x; on a linear axis the slow ones lie flat on zero
+            ax.set_yscale("log")
+            ax.set_ylabel(f"{ylabel}, log scale")
+        else:
+            ax.set_ylim(bottom=0)
+            ax.set_ylabel(ylabel)
+        ax.set_title(f"{title}: {model}")
+    _legend(fig, df, palette)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def memory_column(df: pd.DataFrame) -> tuple[str, str]:
+    """Device peak (NVML) where the runs have it, else the host's peak RSS; with the axis label saying which."""
+    if "device_peak_used_mib" in df and df["device_peak_used_mib"].notna().any():
+        return "device_peak_used_mib", "device peak used, NVML (MiB)"
+    return "host_peak_rss_mib", "host peak RSS (MiB)"
+
+
+def add_roofline(ax, group: pd.DataFrame) -> None:
+    """Where the memory-bandwidth roofline will go: bandwidth / bytes read per decoding step, in tok/s.
+
+    It needs the device's peak memory bandwidth, which the records do not carry yet (a separate issue);
+    until they do this draws nothing rather than a made-up number.
+    """
+    return None
+
+
+def latency_percentiles(df: pd.DataFrame, palette: dict, path: Path) -> Path:
+    """TTFT (top row) and TPOT (bottom row) p50/p90/p99 per configuration against batch size."""
+    fig, models, axes = _panels(df, rows=2, height=4.0)
+    metrics = [("ttft_ms", "TTFT (ms)", "time to first token"), ("tpot_ms", "TPOT (ms)", "time per output token")]
+    for row, (metric, ylabel, name) in enumerate(metrics):
+        for ax, model in zip(axes[row], models):
+            group = df[df["model_name"] == model]
+            for q, linestyle in PERCENTILES:  # markers on p50 only: the tails are context, not the point
+                _lines(ax, group, lambda runs: runs[f"{metric}_{q}"], palette, linestyle=linestyle,
+                       **({} if q == "p50" else {"marker": None, "alpha": 0.6}))
+            _batch_axis(ax, group["batch_size"])
+            ax.set_yscale("log")  # engines differ by 10-100x; a linear axis flattens the fast ones
+            ax.set_ylabel(f"{ylabel}, log scale")
+            ax.set_title(f"{name} p50/p90/p99: {model}")
+    _legend(fig, df, palette, [Line2D([], [], color="grey", linestyle=s, label=q) for q, s in PERCENTILES])
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def write_plots(df: pd.DataFrame, out: Path) -> list[Path]:
+    """Every plot of the report for the successful runs in df (with a `configuration` column); [] if none."""
+    ok = df[df["status"] == "ok"]
+    if ok.empty:
+        return []
+    palette = colors(list(ok["configuration"].unique()))
+    memory, memory_label = memory_column(ok)
+    return [
+        per_batch_plot(ok, palette, out / "throughput.png", "output throughput", "output tokens/s",
+                       lambda runs: runs["output_tok_s"], log_y=True),
+        per_batch_plot(ok, palette, out / "memory.png", "peak memory", memory_label,
+                       lambda runs: runs[memory]),
+        latency_percentiles(ok, palette, out / "latency.png"),
+        per_batch_plot(ok, palette, out / "decode_rate.png", "achieved decode rate",
+                       "batch × 1000 / TPOT p50 (tok/s)",
+                       lambda runs: runs["batch_size"] * 1000.0 / runs["tpot_ms_p50"], extra=add_roofline,
+                       log_y=True, note="Achieved decode tok/s (all sequences of a batch). Roofline not drawn "
+                                        "yet: it needs the device's peak memory bandwidth."),
+    ]
