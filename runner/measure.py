@@ -23,11 +23,11 @@ def warm_up(engine: Engine, batches: list[list[list[int]]], sampling: SamplingSp
     engine.synchronize()
 
 
-def measure(engine: Engine, batches: list[list[list[int]]], sampling: SamplingSpec,
-            progress: bool = True) -> tuple[list[BatchSample], list[RequestSample]]:
+def measure(engine: Engine, batches: list[list[list[int]]],
+            sampling: SamplingSpec) -> tuple[list[BatchSample], list[RequestSample]]:
     batch_samples: list[BatchSample] = []
     request_samples: list[RequestSample] = []
-    for index, batch in enumerate(tqdm(batches, desc="batches", unit="batch", disable=not progress)):
+    for index, batch in enumerate(tqdm(batches, desc="batches", unit="batch")):
         engine.synchronize()
         start = now()
         generations = engine.generate(batch, sampling)

@@ -53,8 +53,7 @@ def plan(cfg: BenchConfig) -> Workload:
     return Workload(engine_cls=engine_cls, model_variant=variant, prompts=prompts, sampling=sampling)
 
 
-def execute(cfg: BenchConfig, work: Workload, run_dir: Path, overrides: list[str],
-            progress: bool = True) -> dict[str, Any]:
+def execute(cfg: BenchConfig, work: Workload, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     """Run the workload and write ``record.json`` in ``run_dir``; a failure becomes a record too."""
     record: dict[str, Any] = {
         "run_id": uuid.uuid4().hex[:12],
@@ -74,7 +73,7 @@ def execute(cfg: BenchConfig, work: Workload, run_dir: Path, overrides: list[str
                       model_cache_hit=prepared.cache_hit)
         reference = wanted_reference(cfg, work.prompts, work.sampling)  # cached; before any timing
         engine = work.engine_cls(cfg.engine)
-        record.update(_measure(cfg, work, engine, prepared.path, progress))
+        record.update(_measure(cfg, work, engine, prepared.path))
         heads = [r["output_head"] for r in record["request_samples"]]
         record.update(agreement_fields(work.sampling, reference, heads))
         record["status"] = "ok"
@@ -90,7 +89,7 @@ def execute(cfg: BenchConfig, work: Workload, run_dir: Path, overrides: list[str
     return record
 
 
-def _measure(cfg: BenchConfig, work: Workload, engine, model_path: str, progress: bool) -> dict[str, Any]:
+def _measure(cfg: BenchConfig, work: Workload, engine, model_path: str) -> dict[str, Any]:
     host, device = HostPeak(), DeviceSampler(cfg.measure.memory_sample_hz)
     release_cached_device_memory()
     host.reset()
@@ -103,7 +102,7 @@ def _measure(cfg: BenchConfig, work: Workload, engine, model_path: str, progress
         batches = chunk(work.prompts, cfg.batch_size)
         warm_up(engine, batches, work.sampling, cfg.measure.warmup_batches)
         engine.reset_peak_memory()
-        batch_samples, request_samples = measure(engine, batches, work.sampling, progress)
+        batch_samples, request_samples = measure(engine, batches, work.sampling)
     finally:
         device_peak_mib = device.stop()
     weights = engine.weights_bytes()
