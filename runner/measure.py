@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
 from tqdm import tqdm
 
 from engines.base import Engine, SamplingSpec, now
-from runner.metrics import BatchSample, RequestSample, request_sample
+from runner.memory import MIB, DeviceSampler, HostPeak, release_cached_device_memory
+from runner.metrics import BatchSample, RequestSample, request_sample, summarize
 from runner.quality import AGREEMENT_TOKENS
+from runner.records import flatten
+
+if TYPE_CHECKING:
+    from runner.config import BenchConfig
+    from runner.run import Workload
 
 
 def chunk(prompts: list[list[int]], batch_size: int) -> list[list[list[int]]]:
@@ -52,3 +61,38 @@ def measure(engine: Engine, batches: list[list[list[int]]],
         ))
         request_samples.extend(requests)
     return batch_samples, request_samples
+
+
+def measure_run(cfg: "BenchConfig", work: "Workload", engine: Engine, model_path: str) -> dict[str, Any]:
+    """Load the model, warm up, time every batch; the measured fields of the record."""
+    host, device = HostPeak(), DeviceSampler(cfg.measure.memory_sample_hz)
+    release_cached_device_memory()
+    host.reset()
+    device.start()
+    try:
+        start = now()
+        engine.load(model_path)
+        engine.synchronize()
+        load_s = now() - start
+        batches = chunk(work.prompts, cfg.batch_size)
+        warm_up(engine, batches, work.sampling, cfg.measure.warmup_batches)
+        engine.reset_peak_memory()
+        batch_samples, request_samples = measure(engine, batches, work.sampling)
+    finally:
+        device_peak_mib = device.stop()
+    weights = engine.weights_bytes()
+    return {
+        **engine.resolved,
+        "load_s": load_s,
+        "weights_mib": weights / MIB if weights is not None else None,
+        **flatten(summarize(batch_samples, request_samples)),
+        "host_peak_rss_mib": host.peak_mib(),
+        "host_peak_rss_method": host.method,
+        "device_peak_used_mib": device_peak_mib,
+        "device_memory_note": device.unavailable_reason,
+        "torch_peak_allocated_mib": None,
+        "torch_peak_reserved_mib": None,
+        **engine.device_memory(),
+        "batch_samples": [asdict(b) for b in batch_samples],
+        "request_samples": [asdict(r) for r in request_samples],
+    }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import traceback
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -14,9 +14,7 @@ from engines.base import SamplingSpec, now
 from runner.config import BenchConfig, ConfigError, validate
 from runner.data import load_prompts
 from runner.environment import environment
-from runner.measure import chunk, measure, warm_up
-from runner.memory import MIB, DeviceSampler, HostPeak, release_cached_device_memory
-from runner.metrics import summarize
+from runner.measure import measure_run
 from runner.models import prepare, tokenizer_source
 from runner.quality import agreement_fields, wanted_reference
 from runner.records import RECORD_NAME, flatten, write_json_atomic
@@ -73,7 +71,7 @@ def execute(cfg: BenchConfig, work: Workload, run_dir: Path, overrides: list[str
                       model_cache_hit=prepared.cache_hit)
         reference = wanted_reference(cfg, work.prompts, work.sampling)  # cached; before any timing
         engine = work.engine_cls(cfg.engine)
-        record.update(_measure(cfg, work, engine, prepared.path))
+        record.update(measure_run(cfg, work, engine, prepared.path))
         heads = [r["output_head"] for r in record["request_samples"]]
         record.update(agreement_fields(work.sampling, reference, heads))
         record["status"] = "ok"
@@ -87,37 +85,3 @@ def execute(cfg: BenchConfig, work: Workload, run_dir: Path, overrides: list[str
     record.update(environment(work.engine_cls.packages))
     write_json_atomic(run_dir / RECORD_NAME, record)
     return record
-
-
-def _measure(cfg: BenchConfig, work: Workload, engine, model_path: str) -> dict[str, Any]:
-    host, device = HostPeak(), DeviceSampler(cfg.measure.memory_sample_hz)
-    release_cached_device_memory()
-    host.reset()
-    device.start()
-    try:
-        start = now()
-        engine.load(model_path)
-        engine.synchronize()
-        load_s = now() - start
-        batches = chunk(work.prompts, cfg.batch_size)
-        warm_up(engine, batches, work.sampling, cfg.measure.warmup_batches)
-        engine.reset_peak_memory()
-        batch_samples, request_samples = measure(engine, batches, work.sampling)
-    finally:
-        device_peak_mib = device.stop()
-    weights = engine.weights_bytes()
-    return {
-        **engine.resolved,
-        "load_s": load_s,
-        "weights_mib": weights / MIB if weights is not None else None,
-        **flatten(summarize(batch_samples, request_samples)),
-        "host_peak_rss_mib": host.peak_mib(),
-        "host_peak_rss_method": host.method,
-        "device_peak_used_mib": device_peak_mib,
-        "device_memory_note": device.unavailable_reason,
-        "torch_peak_allocated_mib": None,
-        "torch_peak_reserved_mib": None,
-        **engine.device_memory(),
-        "batch_samples": [asdict(b) for b in batch_samples],
-        "request_samples": [asdict(r) for r in request_samples],
-    }
