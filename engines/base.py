@@ -83,6 +83,19 @@ class Engine(ABC):
             One Generation per prompt, in order.
         """
 
+    def prompt_logprobs(self, prompts: list[list[int]]) -> list[list[float]]:
+        """Log-probabilities of each prompt's own tokens, for perplexity (never inside a timed region).
+
+        Args:
+            prompts: token ids, each at least two tokens long.
+        Returns:
+            Per prompt, the natural-log probability of tokens 1 .. n-1, each given the tokens before it
+            (n - 1 values; token 0 has no prefix and is not scored).
+        Raises:
+            NotImplementedError: the engine cannot score tokens; the message says why.
+        """
+        raise NotImplementedError(f"the {self.name} engine adapter does not expose token log-probabilities")
+
     def close(self) -> None:
         """Release the model and its memory. The default drops references; override to do more."""
         self.__dict__.pop("model", None)

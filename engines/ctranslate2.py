@@ -107,6 +107,11 @@ class CTranslate2Engine(Engine):
         return [Generation(token_ids=r.sequences_ids[0][skip:], token_times=t)
                 for r, skip, t in zip(results, echo, times)]
 
+    def prompt_logprobs(self, prompts: list[list[int]]) -> list[list[float]]:
+        """``Generator.score_batch``: the log-probability of each token after the first, given its prefix."""
+        results = self.model.score_batch([[self.vocab[t] for t in p] for p in prompts])
+        return [list(r.log_probs) for r in results]
+
     def weights_bytes(self) -> Optional[int]:
         return self.weights_file.stat().st_size  # stored at the compute type in use (see model_variant)
 

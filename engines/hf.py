@@ -120,6 +120,17 @@ class HFEngine(Engine):
             length = next((i + 1 for i, tok in enumerate(row) if tok in self.eos_ids), length)
         return Generation(token_ids=row[:length], token_times=step_times[:length])
 
+    @torch.inference_mode()
+    def prompt_logprobs(self, prompts: list[list[int]]) -> list[list[float]]:
+        """One forward pass per prompt (no padding to get wrong); log-softmax in float32."""
+        out = []
+        for prompt in prompts:
+            ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
+            logits = self.model(input_ids=ids, use_cache=False).logits[0, :-1].float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+            out.append(logprobs.gather(1, ids[0, 1:, None]).squeeze(1).tolist())
+        return out
+
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

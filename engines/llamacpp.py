@@ -21,6 +21,7 @@ from engines.base import Engine, Generation, SamplingSpec, now
 from runner.config import ConfigError
 from runner.models import gguf_ftype
 
+SCORE_CHUNK = 512  # positions scored per llama_decode: all their logits are held at once (n_vocab floats each)
 CTX_ROUND = 256  # llama.cpp pads the context to 256 cells anyway; rounding up avoids re-creating it often
 
 
@@ -174,6 +175,27 @@ class LlamaCppEngine(Engine):
             self._submit(step, outs, sampling)
         return outs
 
+    def prompt_logprobs(self, prompts: list[list[int]]) -> list[list[float]]:
+        """Each prompt alone as sequence 0, logits requested for every position, at most n_batch per call."""
+        lib, out = self.lib, []
+        for prompt in prompts:
+            self._ensure_context(1, len(prompt))
+            lib.llama_memory_clear(lib.llama_get_memory(self.ctx), False)
+            scores: list[float] = []
+            chunk = min(self.n_batch, SCORE_CHUNK)
+            for start in range(0, len(prompt), chunk):
+                part = prompt[start:start + chunk]
+                for i, token in enumerate(part):
+                    self.batch.token[i], self.batch.pos[i], self.batch.n_seq_id[i] = token, start + i, 1
+                    self.batch.seq_id[i][0], self.batch.logits[i] = 0, True
+                self.batch.n_tokens = len(part)
+                if lib.llama_decode(self.ctx, self.batch) != 0:
+                    raise RuntimeError("llama_decode failed while scoring a prompt")
+                logits = np.ctypeslib.as_array(lib.llama_get_logits(self.ctx), shape=(len(part), self.n_vocab))
+                scores.extend(_log_softmax_at(logits, prompt[start + 1:start + len(part) + 1]))
+            out.append(scores)
+        return out
+
     def _done(self, out: Generation, sampling: SamplingSpec) -> bool:
         if len(out.token_ids) >= sampling.max_new_tokens:
             return True
@@ -199,6 +221,14 @@ class LlamaCppEngine(Engine):
             self._free_context()
             self.lib.llama_model_free(self.model)
         super().close()
+
+
+def _log_softmax_at(logits: np.ndarray, targets: list[int]) -> list[float]:
+    """ln softmax(row)[target] for the first len(targets) rows (the last row of a prompt has no target)."""
+    rows = logits[:len(targets)].astype(np.float64)
+    peak = rows.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(rows - peak).sum(axis=1)) + peak[:, 0]
+    return (rows[np.arange(len(targets)), targets] - log_norm).tolist()
 
 
 def _physical_cores() -> int:

@@ -11,6 +11,8 @@ import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
+import psutil
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -40,25 +42,57 @@ def _git(*args: str) -> Optional[str]:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def _readable(read) -> Any:
+    """One NVML query, or None where this GPU or driver does not answer it."""
+    try:
+        value = read()
+    except Exception:
+        return None
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _gpus() -> dict[str, Any]:
-    info: dict[str, Any] = {"env_gpu": None, "env_gpu_count": 0, "env_gpu_driver": None}
+    """GPU 0's identity and limits (a run's GPUs are one model); each field None where NVML withholds it."""
+    info: dict[str, Any] = {"env_gpu": None, "env_gpu_count": 0, "env_gpu_driver": None,
+                            "env_gpu_memory_mib": None, "env_cuda_driver": None, "env_gpu_sm_clock_max_mhz": None,
+                            "env_gpu_mem_clock_max_mhz": None, "env_gpu_sm_clock_mhz": None,
+                            "env_gpu_power_limit_w": None}
     try:
         import pynvml
 
         pynvml.nvmlInit()
         count = pynvml.nvmlDeviceGetCount()
-        if count:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-            name = pynvml.nvmlDeviceGetName(handle)
-            info.update(
-                env_gpu=name.decode() if isinstance(name, bytes) else name,
-                env_gpu_count=count,
-                env_gpu_driver=pynvml.nvmlSystemGetDriverVersion(),
-                env_gpu_memory_mib=pynvml.nvmlDeviceGetMemoryInfo(handle).total / 2**20,
-            )
     except Exception:  # no NVIDIA driver: a CPU machine
-        pass
+        return info
+    if not count:
+        return info
+    nv, handle = pynvml, pynvml.nvmlDeviceGetHandleByIndex(0)
+    cuda = _readable(nv.nvmlSystemGetCudaDriverVersion)  # e.g. 12080 -> "12.8"
+    power_mw = _readable(lambda: nv.nvmlDeviceGetPowerManagementLimit(handle))
+    info.update(
+        env_gpu=_readable(lambda: nv.nvmlDeviceGetName(handle)),
+        env_gpu_count=count,
+        env_gpu_driver=_readable(nv.nvmlSystemGetDriverVersion),
+        env_gpu_memory_mib=_readable(lambda: nv.nvmlDeviceGetMemoryInfo(handle).total / 2**20),
+        env_cuda_driver=f"{cuda // 1000}.{cuda % 1000 // 10}" if cuda else None,
+        env_gpu_sm_clock_max_mhz=_readable(lambda: nv.nvmlDeviceGetMaxClockInfo(handle, nv.NVML_CLOCK_SM)),
+        env_gpu_mem_clock_max_mhz=_readable(lambda: nv.nvmlDeviceGetMaxClockInfo(handle, nv.NVML_CLOCK_MEM)),
+        env_gpu_sm_clock_mhz=_readable(lambda: nv.nvmlDeviceGetClockInfo(handle, nv.NVML_CLOCK_SM)),
+        env_gpu_power_limit_w=power_mw / 1000 if power_mw else None,
+    )
     return info
+
+
+def accelerator_name(device: str) -> str:
+    """The name the roofline table is matched on: NVML's GPU 0 name on "cuda", the CPU model otherwise."""
+    if device == "cuda":
+        name = _gpus()["env_gpu"]
+        if name:
+            return name
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    return _cpu_model()
 
 
 def environment(engine_packages: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -74,10 +108,13 @@ def environment(engine_packages: tuple[str, ...] = ()) -> dict[str, Any]:
         "env_platform": platform.platform(),
         "env_cpu": _cpu_model(),
         "env_cpu_cores": os.cpu_count(),
+        "env_cpu_physical_cores": psutil.cpu_count(logical=False),
+        "env_cpu_usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "env_python": platform.python_version(),
         "env_torch": torch.__version__,
         "env_cuda": torch.version.cuda,
         "env_transformers": _version("transformers"),
+        "env_numpy": _version("numpy"),
         "env_git_commit": commit,
         "env_git_dirty": bool(status) if status is not None else None,
     }

@@ -1,4 +1,8 @@
-"""The timed loop: warm-up, then every batch timed with the device synchronized around it."""
+"""The timed loop: warm-up, then every batch timed with the device synchronized around it, repeated.
+
+Only the batches are timed. Memory is sampled in a background thread throughout; energy is read right
+around the measured repetitions; perplexity and the roofline's peak measurements come after them.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,13 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from engines.base import Engine, SamplingSpec, now
-from runner.memory import MIB, DeviceSampler, HostPeak, release_cached_device_memory
-from runner.metrics import BatchSample, RequestSample, request_sample, summarize
+from runner.energy import EnergyMeter
+from runner.memory import MIB, HostPeak, MemorySampler, release_cached_device_memory
+from runner.metrics import BatchSample, RequestSample, headline_uncertainty, request_sample, summarize
+from runner.perplexity import perplexity_fields
 from runner.quality import AGREEMENT_TOKENS
 from runner.records import flatten
+from runner.roofline import kv_element_bytes, measured_peak, model_shape, roofline_fields, table_peak
 
 if TYPE_CHECKING:
     from runner.config import BenchConfig
@@ -32,11 +39,11 @@ def warm_up(engine: Engine, batches: list[list[list[int]]], sampling: SamplingSp
     engine.synchronize()
 
 
-def measure(engine: Engine, batches: list[list[list[int]]],
-            sampling: SamplingSpec) -> tuple[list[BatchSample], list[RequestSample]]:
+def measure(engine: Engine, batches: list[list[list[int]]], sampling: SamplingSpec,
+            repetition: int = 0) -> tuple[list[BatchSample], list[RequestSample]]:
     batch_samples: list[BatchSample] = []
     request_samples: list[RequestSample] = []
-    for index, batch in enumerate(tqdm(batches, desc="batches", unit="batch")):
+    for index, batch in enumerate(tqdm(batches, desc=f"batches (repetition {repetition})", unit="batch")):
         engine.synchronize()
         start = now()
         generations = engine.generate(batch, sampling)
@@ -48,6 +55,7 @@ def measure(engine: Engine, batches: list[list[list[int]]],
         ]
         for request, gen in zip(requests, generations):
             request.output_head = gen.token_ids[:AGREEMENT_TOKENS]
+            request.repetition = repetition
         firsts = [g.token_times[0] for g in generations if g.token_times]
         lasts = [g.token_times[-1] for g in generations if g.token_times]
         batch_samples.append(BatchSample(
@@ -58,17 +66,32 @@ def measure(engine: Engine, batches: list[list[list[int]]],
             latency_ms=(end - start) * 1e3,
             ttft_ms=(min(firsts) - start) * 1e3 if firsts else None,
             decode_ms=(max(lasts) - min(firsts)) * 1e3 if firsts else None,
+            repetition=repetition,
         ))
         request_samples.extend(requests)
     return batch_samples, request_samples
 
 
+def measure_repeated(engine: Engine, batches: list[list[list[int]]], sampling: SamplingSpec, repetitions: int,
+                     min_duration_s: float) -> tuple[list[BatchSample], list[RequestSample]]:
+    """All batches ``repetitions`` times, then more until their summed latency reaches ``min_duration_s``."""
+    batch_samples: list[BatchSample] = []
+    request_samples: list[RequestSample] = []
+    repetition = 0
+    while repetition < repetitions or sum(b.latency_ms for b in batch_samples) / 1e3 < min_duration_s:
+        more_batches, more_requests = measure(engine, batches, sampling, repetition)
+        batch_samples += more_batches
+        request_samples += more_requests
+        repetition += 1
+    return batch_samples, request_samples
+
+
 def measure_run(cfg: "BenchConfig", work: "Workload", engine: Engine, model_path: str) -> dict[str, Any]:
     """Load the model, warm up, time every batch; the measured fields of the record."""
-    host, device = HostPeak(), DeviceSampler(cfg.measure.memory_sample_hz)
+    host, sampler, energy = HostPeak(), MemorySampler(cfg.measure.memory_sample_hz), EnergyMeter()
     release_cached_device_memory()
     host.reset()
-    device.start()
+    sampler.start()
     try:
         start = now()
         engine.load(model_path)
@@ -77,22 +100,58 @@ def measure_run(cfg: "BenchConfig", work: "Workload", engine: Engine, model_path
         batches = chunk(work.prompts, cfg.batch_size)
         warm_up(engine, batches, work.sampling, cfg.measure.warmup_batches)
         engine.reset_peak_memory()
-        batch_samples, request_samples = measure(engine, batches, work.sampling)
+        energy.start()
+        region_start = now()
+        batch_samples, request_samples = measure_repeated(engine, batches, work.sampling, cfg.measure.repetitions,
+                                                          cfg.measure.min_duration_s)
+        engine.synchronize()
+        region_s = now() - region_start
+        energy.stop()
     finally:
-        device_peak_mib = device.stop()
+        sampler.stop()
+    summary = flatten(summarize(batch_samples, request_samples))
     weights = engine.weights_bytes()
-    return {
+    record = {
         **engine.resolved,
         "load_s": load_s,
         "weights_mib": weights / MIB if weights is not None else None,
-        **flatten(summarize(batch_samples, request_samples)),
+        **summary,
+        **headline_uncertainty(batch_samples, request_samples),
         "host_peak_rss_mib": host.peak_mib(),
         "host_peak_rss_method": host.method,
-        "device_peak_used_mib": device_peak_mib,
-        "device_memory_note": device.unavailable_reason,
+        **sampler.fields(),
         "torch_peak_allocated_mib": None,
         "torch_peak_reserved_mib": None,
         **engine.device_memory(),
+        "measured_region_s": region_s,
+        **energy.fields(summary["output_tokens"], region_s),
         "batch_samples": [asdict(b) for b in batch_samples],
         "request_samples": [asdict(r) for r in request_samples],
     }
+    record.update(perplexity_fields(engine, work.prompts, cfg.measure.perplexity_prompts))
+    record.update(_roofline(cfg, engine, model_path, weights, record))
+    return record
+
+
+def _roofline(cfg: "BenchConfig", engine: Engine, model_path: str, weights: int | None,
+              record: dict[str, Any]) -> dict[str, Any]:
+    """Roofline fields; the peak measurement runs once per machine (cached), after the timed region."""
+    from runner.environment import accelerator_name
+    from runner.models import cache_root
+
+    device = "cuda" if str(engine.resolved.get("device", "cpu")).startswith("cuda") else "cpu"
+    name = accelerator_name(device)
+    table = table_peak(name) if device == "cuda" else None
+    measure_error = None
+    try:
+        measured = measured_peak(device, name, cache_root(cfg.cache_dir))
+    except Exception as exc:  # e.g. no room left on the device for the copy buffers
+        measured, measure_error = None, f"peak measurement failed: {type(exc).__name__}: {exc}"
+    shape = model_shape(model_path)
+    fields = roofline_fields(weights, shape, kv_element_bytes(record.get("dtype")), record, table, measured)
+    if table is None:
+        why = f"no datasheet peak for '{name}' (CPU, or a GPU missing from runner/roofline.py)"
+        fields["roofline_note"] = "; ".join(filter(None, [fields["roofline_note"], why]))
+    if measure_error:
+        fields["roofline_note"] = "; ".join(filter(None, [fields["roofline_note"], measure_error]))
+    return {"roofline_device_name": name, **fields}

@@ -1,21 +1,31 @@
-"""Host and device memory around a run, without busy-waiting.
+"""Host and device memory around a run, sampled in a background thread that sleeps between samples.
 
-Host: the kernel's exact peak resident set (``VmHWM``), reset before the model loads by writing
-``5`` to ``/proc/self/clear_refs``; where that is not allowed, the process-lifetime peak
-(``ru_maxrss``) is used and the record says so. Device: NVML's used memory of the GPUs, sampled by
-a background thread that sleeps between samples; the figure is the peak minus the reading taken
-before the model loaded, so other tenants' steady use does not count.
+Host: the kernel's exact peak resident set of this process (``VmHWM``), reset before the model loads by
+writing ``5`` to ``/proc/self/clear_refs`` (where that is not allowed: the lifetime ``ru_maxrss``, and the
+record says so); plus the sampled sum of RSS over this process and all its children (an engine core
+or a server in a child process: VmHWM never sees those).
+Device (NVML): the used memory of the GPUs this process may use (CUDA_VISIBLE_DEVICES), peak minus the
+reading taken before the model loaded, so other tenants' steady use does not count; and the memory NVML
+attributes to the processes of this run's tree (``nvmlDeviceGetComputeRunningProcesses``, filtered to our
+pid and its descendants), peak of the sum.
+The thread waits on an Event between samples (no busy-waiting); the child list is refreshed every
+``CHILDREN_REFRESH_S`` because walking /proc costs far more than one RSS read.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import resource
 import sys
 import threading
-from typing import Optional
+import time
+from typing import Any, Optional
+
+import psutil
 
 MIB = 2**20
+CHILDREN_REFRESH_S = 0.5
 
 
 def _read_vm_hwm_kib() -> Optional[int]:
@@ -47,50 +57,138 @@ class HostPeak:
         return kib * 1024 / MIB
 
 
-class DeviceSampler:
-    """Samples NVML used memory (summed over visible GPUs) at ``hz`` in a daemon thread."""
+def _visible_handles(pynvml) -> list:
+    """The GPUs this process may use: NVML numbers every GPU of the host, CUDA_VISIBLE_DEVICES picks
+    some (by index or by full UUID). Anything else there (a UUID prefix, MIG syntax) falls back to all."""
+    every = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return every
+    try:
+        return [pynvml.nvmlDeviceGetHandleByIndex(int(e)) if e.isdigit() else pynvml.nvmlDeviceGetHandleByUUID(e)
+                for e in filter(None, (e.strip() for e in visible.split(",")))]
+    except Exception:
+        return every
+
+
+def nvml() -> tuple[Any, list, Optional[str]]:
+    """(pynvml module, handles of the GPUs visible to this process, None) or (None, [], why NVML is unusable)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handles = _visible_handles(pynvml)
+    except Exception as exc:  # no driver, no library: a CPU machine
+        return None, [], f"NVML unavailable ({type(exc).__name__}): no NVIDIA GPU or driver"
+    if not handles:
+        return None, [], "NVML sees no GPU"
+    return pynvml, handles, None
+
+
+class MemorySampler:
+    """Samples host RSS of the process tree and NVML device memory at ``hz`` in a daemon thread."""
 
     def __init__(self, hz: float):
         self.interval = 1.0 / hz
-        self.unavailable_reason: Optional[str] = None
-        self._handles = []
+        self._nvml, self._handles, self.device_note = nvml()
+        self.process_note: Optional[str] = self.device_note
+        self._me = psutil.Process()
+        self._tree: list[psutil.Process] = [self._me]
+        self._tree_refreshed = 0.0
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self.baseline_bytes = 0
-        self.peak_bytes = 0
+        self.baseline_bytes = self.peak_device_bytes = 0
+        self.peak_process_bytes: Optional[int] = None
+        self.peak_tree_rss_bytes = 0
+        self.samples = 0
+        self._started = self._stopped = 0.0
+
+    # ------------------------------------------------------------ readings
+    def _refresh_tree(self) -> None:
         try:
-            import pynvml
+            self._tree = [self._me, *self._me.children(recursive=True)]
+        except psutil.Error:
+            self._tree = [self._me]
+        self._tree_refreshed = time.monotonic()
 
-            pynvml.nvmlInit()
-            self._nvml = pynvml
-            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
-            if not self._handles:
-                self.unavailable_reason = "NVML sees no GPU"
-        except Exception as exc:  # no driver, no library: a CPU machine
-            self.unavailable_reason = f"NVML unavailable ({type(exc).__name__})"
+    def _tree_rss(self) -> int:
+        total = 0
+        for proc in self._tree:
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:  # a child that ended between the refresh and now
+                pass
+        return total
 
-    def _used_bytes(self) -> int:
+    def _device_used(self) -> int:
         return sum(self._nvml.nvmlDeviceGetMemoryInfo(h).used for h in self._handles)
 
+    def _process_used(self) -> Optional[int]:
+        pids = {p.pid for p in self._tree}
+        total, seen = 0, False
+        for handle in self._handles:
+            for proc in self._nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid in pids:
+                    if proc.usedGpuMemory is None:  # NVML withholds it (e.g. some containers, MIG)
+                        self.process_note = "NVML reports no per-process memory here"
+                        return None
+                    total, seen = total + proc.usedGpuMemory, True
+        if not seen:
+            # Inside a container NVML lists host pids, which never match ours.
+            self.process_note = "NVML lists none of this run's processes (pid namespace?)"
+        return total if seen else None
+
+    def _sample(self) -> None:
+        if time.monotonic() - self._tree_refreshed > CHILDREN_REFRESH_S:
+            self._refresh_tree()
+        self.peak_tree_rss_bytes = max(self.peak_tree_rss_bytes, self._tree_rss())
+        if self._handles:
+            self.peak_device_bytes = max(self.peak_device_bytes, self._device_used())
+            used = self._process_used()
+            if used is not None:
+                self.process_note = None
+                self.peak_process_bytes = max(self.peak_process_bytes or 0, used)
+        self.samples += 1
+
+    # ------------------------------------------------------------ thread
     def start(self) -> None:
-        if self.unavailable_reason:
-            return
-        self.baseline_bytes = self.peak_bytes = self._used_bytes()
-        self._thread = threading.Thread(target=self._loop, name="device-memory-sampler", daemon=True)
+        if self._handles:
+            self.baseline_bytes = self.peak_device_bytes = self._device_used()
+        self._started = time.monotonic()
+        self._sample()
+        self._thread = threading.Thread(target=self._loop, name="memory-sampler", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak_bytes = max(self.peak_bytes, self._used_bytes())
+        # A fixed schedule (deadline += interval), so the time a sample takes does not lower the rate;
+        # after a stall (a busy machine) it skips ahead instead of bursting to catch up.
+        deadline = time.monotonic()
+        while True:
+            deadline = max(deadline + self.interval, time.monotonic())
+            if self._stop.wait(deadline - time.monotonic()):
+                return
+            self._sample()
 
-    def stop(self) -> Optional[float]:
-        """Stops sampling; returns the peak above the pre-load baseline in MiB (None without NVML)."""
+    def stop(self) -> None:
         if self._thread is None:
-            return None
+            return
         self._stop.set()
         self._thread.join()
-        self.peak_bytes = max(self.peak_bytes, self._used_bytes())
-        return (self.peak_bytes - self.baseline_bytes) / MIB
+        self._sample()
+        self._stopped = time.monotonic()
+
+    def fields(self) -> dict[str, Any]:
+        """The record's sampled-memory fields, in MiB."""
+        elapsed = self._stopped - self._started
+        return {
+            "host_peak_rss_tree_mib": self.peak_tree_rss_bytes / MIB,
+            "device_peak_used_mib": (self.peak_device_bytes - self.baseline_bytes) / MIB if self._handles else None,
+            "device_memory_note": self.device_note,
+            "device_peak_process_mib": self.peak_process_bytes / MIB if self.peak_process_bytes is not None else None,
+            "device_process_memory_note": self.process_note if self.peak_process_bytes is None else None,
+            "memory_samples": self.samples,
+            "memory_sample_hz_achieved": self.samples / elapsed if elapsed > 0 else None,
+        }
 
 
 def release_cached_device_memory() -> None:

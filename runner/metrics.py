@@ -7,6 +7,7 @@ tokens arrived at ``t_1 .. t_n``:
     TPOT = (E2EL - TTFT) / (n - 1)        (time per output token after the first; none when n = 1)
     ITL  = t_{i+1} - t_i for every i      (inter-token latencies, pooled over requests)
 Throughputs divide token counts by the measured time: the sum of the batch latencies, warm-up excluded.
+With ``measure.repetitions`` > 1 the same batches are measured again; every sample carries its repetition.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from runner.stats import interval, ratio_ci, steady_state
+
 
 @dataclass
 class Stats:
     mean: Optional[float] = None
     p50: Optional[float] = None
     p90: Optional[float] = None
+    p95: Optional[float] = None
     p99: Optional[float] = None
 
     @classmethod
@@ -29,8 +33,8 @@ class Stats:
         if len(values) == 0:
             return cls()
         arr = np.asarray(values, dtype=float)
-        p50, p90, p99 = np.percentile(arr, [50, 90, 99])  # linear interpolation, as vLLM
-        return cls(mean=float(arr.mean()), p50=float(p50), p90=float(p90), p99=float(p99))
+        p50, p90, p95, p99 = np.percentile(arr, [50, 90, 95, 99])  # linear interpolation, as vLLM
+        return cls(mean=float(arr.mean()), p50=float(p50), p90=float(p90), p95=float(p95), p99=float(p99))
 
 
 @dataclass
@@ -43,6 +47,7 @@ class RequestSample:
     tpot_ms: Optional[float] = None
     itl_ms: list[float] = field(default_factory=list)
     output_head: list[int] = field(default_factory=list)  # the first generated token ids (quality checks)
+    repetition: int = 0
 
 
 @dataclass
@@ -54,6 +59,7 @@ class BatchSample:
     latency_ms: float  # generate() call, device synchronized on both sides
     ttft_ms: Optional[float] = None  # first token of the batch (prefill + one step)
     decode_ms: Optional[float] = None  # first token to the last token of the batch
+    repetition: int = 0
 
 
 @dataclass
@@ -71,6 +77,7 @@ class Summary:
     tpot_ms: Stats
     itl_ms: Stats
     e2el_ms: Stats
+    latency_note: Optional[str] = None  # why the per-request latencies are empty, when they are
 
 
 def request_sample(batch: int, input_tokens: int, start: float, token_times: Optional[list[float]],
@@ -109,4 +116,40 @@ def summarize(batches: list[BatchSample], requests: list[RequestSample]) -> Summ
         tpot_ms=Stats.of(present("tpot_ms")),
         itl_ms=Stats.of([itl for r in requests for itl in r.itl_ms]),
         e2el_ms=Stats.of(present("e2el_ms")),
+        latency_note=None if present("ttft_ms") else "the engine gives no per-token timestamps",
     )
+
+
+def headline_uncertainty(batches: list[BatchSample], requests: list[RequestSample]) -> dict:
+    """95 % bootstrap intervals and CVs of the headline figures, and the steady-state verdict.
+
+    output tok/s: with two or more repetitions the unit is a repetition (each measures the same
+    batches, so the spread is run-to-run noise); with one, the unit is a batch (resampled batches,
+    tokens and seconds summed: the spread then includes the prompts' differences too).
+    TTFT and TPOT: the interval of the mean over requests, the CV of the per-request values.
+    """
+    reps = sorted({b.repetition for b in batches})
+    per_rep = [sum(b.output_tokens for b in batches if b.repetition == r)
+               / (sum(b.latency_ms for b in batches if b.repetition == r) / 1e3) for r in reps]
+    if len(reps) >= 2:
+        tok_s, unit = interval(per_rep), "repetition"
+    else:
+        tok_s, unit = interval([b.output_tokens / (b.latency_ms / 1e3) for b in batches]), "batch"
+        ci = ratio_ci([b.output_tokens for b in batches], [b.latency_ms / 1e3 for b in batches])
+        tok_s.ci_low, tok_s.ci_high = ci if ci else (None, None)
+    steady, note = steady_state(per_rep)
+    fields = {
+        "repetitions": len(reps),
+        "output_tok_s_samples": per_rep,
+        "output_tok_s_ci_low": tok_s.ci_low,
+        "output_tok_s_ci_high": tok_s.ci_high,
+        "output_tok_s_cv": tok_s.cv,
+        "output_tok_s_ci_unit": unit,
+        "steady_state": steady,
+        "steady_state_note": note,
+    }
+    for name in ("ttft_ms", "tpot_ms"):
+        stat = interval([v for r in requests if (v := getattr(r, name)) is not None])
+        fields.update({f"{name}_mean_ci_low": stat.ci_low, f"{name}_mean_ci_high": stat.ci_high,
+                       f"{name}_cv": stat.cv})
+    return fields

@@ -16,6 +16,21 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def _ci(record: dict[str, Any], value_key: str, ci_prefix: str, cv_key: str, digits: int = 1) -> str:
+    """"value [low, high] CV x %": the 95 % bootstrap interval and the coefficient of variation."""
+    text = _fmt(record.get(value_key), digits)
+    low, high = record.get(f"{ci_prefix}_ci_low"), record.get(f"{ci_prefix}_ci_high")
+    if low is not None and high is not None:
+        text += f" [{_fmt(low, digits)}, {_fmt(high, digits)}]"
+    if record.get(cv_key) is not None:
+        text += f" CV {record[cv_key] * 100:.1f}%"
+    return text
+
+
+def _pct(value: Any) -> str:
+    return "—" if value is None else f"{value * 100:.1f}%"
+
+
 def print_summary(record: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
     title = f"{record.get('engine_name')} · {record.get('model_name')} · batch {record.get('batch_size')}"
@@ -34,16 +49,29 @@ def print_summary(record: dict[str, Any], console: Console | None = None) -> Non
         ("tokens in / out", f"{record['input_tokens']:,} / {record['output_tokens']:,}"),
         ("model prepare s (not timed)", _fmt(record.get("model_prepare_s"), 2)),
         ("load s", _fmt(record["load_s"], 2)),
-        ("output tok/s", _fmt(record["output_tok_s"])),
+        ("repetitions / steady state", f"{record.get('repetitions')} / {_fmt(record.get('steady_state'))}"),
+        (f"output tok/s [95% CI by {record.get('output_tok_s_ci_unit')}]",
+         _ci(record, "output_tok_s", "output_tok_s", "output_tok_s_cv")),
         ("total tok/s", _fmt(record["total_tok_s"])),
         ("requests/s", _fmt(record["requests_per_s"], 3)),
         ("batch latency ms p50 / p90 / p99", " / ".join(
             _fmt(record[f"batch_latency_ms_{q}"]) for q in ("p50", "p90", "p99"))),
-        ("TTFT ms mean / p99", f"{_fmt(record['ttft_ms_mean'])} / {_fmt(record['ttft_ms_p99'])}"),
-        ("TPOT ms mean / p99", f"{_fmt(record['tpot_ms_mean'], 2)} / {_fmt(record['tpot_ms_p99'], 2)}"),
+        ("TTFT ms mean [95% CI] / p99", f"{_ci(record, 'ttft_ms_mean', 'ttft_ms_mean', 'ttft_ms_cv')} / "
+                                        f"{_fmt(record['ttft_ms_p99'])}"),
+        ("TPOT ms mean [95% CI] / p99", f"{_ci(record, 'tpot_ms_mean', 'tpot_ms_mean', 'tpot_ms_cv', 2)} / "
+                                        f"{_fmt(record['tpot_ms_p99'], 2)}"),
+        ("MBU datasheet / measured peak", f"{_pct(record.get('mbu_table'))} / {_pct(record.get('mbu_measured'))}"),
+        ("MFU decode / prefill (measured peak)",
+         f"{_pct(record.get('mfu_decode_measured'))} / {_pct(record.get('mfu_prefill_measured'))}"),
+        ("perplexity (tokens)", f"{_fmt(record.get('perplexity'), 2)} ({record.get('perplexity_tokens')})"),
+        ("energy J / J per token / W", " / ".join(_fmt(record.get(k), d) for k, d in
+                                                  (("energy_j", 1), ("joules_per_output_token", 3),
+                                                   ("avg_power_w", 0)))),
         ("weights MiB", _fmt(record.get("weights_mib"))),
-        ("host peak RSS MiB", _fmt(record["host_peak_rss_mib"])),
-        ("device peak used MiB", _fmt(record.get("device_peak_used_mib"))),
+        ("host peak RSS MiB self / process tree",
+         f"{_fmt(record['host_peak_rss_mib'])} / {_fmt(record.get('host_peak_rss_tree_mib'))}"),
+        ("device peak used MiB device / our processes",
+         f"{_fmt(record.get('device_peak_used_mib'))} / {_fmt(record.get('device_peak_process_mib'))}"),
         ("torch peak allocated / reserved MiB",
          f"{_fmt(record.get('torch_peak_allocated_mib'))} / {_fmt(record.get('torch_peak_reserved_mib'))}"),
     ]

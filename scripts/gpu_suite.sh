@@ -7,6 +7,11 @@
 #   smollm2   engines x batch 1/4/16 on SmolLM2-135M (HF fp16, bnb int8/nf4, llama.cpp, CTranslate2)
 #   llama7b-hf, llama7b-llamacpp, llama7b-ct2
 #             the same on a Llama-2-7B-shaped random-weights model (built and converted on first use)
+#   seed-ENGINE  the seed table (issue 5) for one engine option of conf/engine (hf, hf_int8, hf_nf4,
+#             exllamav2, ctranslate2, llamacpp, vllm, vllm_gptq): Llama-2-7B shapes, ShareGPT prompts,
+#             200 new tokens forced, batch 1/4/16/64, one batch of prompts per point (dataset.limit =
+#             batch size), warmed up on it, then measured SEED_REPS times
+#   exl2-build  compile ExLlamaV2's CUDA extension (JIT, ~2 min; cached while the machine stays warm)
 #   pack      tables and records of every run so far into $OUT (end each call with it: $OUT is emptied)
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
@@ -14,6 +19,7 @@ mkdir -p "$OUT"
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 export LLM_BENCH_CACHE=/tmp/llm-bench-cache
 export TOKENIZERS_PARALLELISM=false
+export TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16  # ExLlamaV2's JIT build: H100/H200 only, all cores
 # CTranslate2 needs cuBLAS 12 (carried); the prebuilt llama.cpp needs torch's CUDA 13 libraries.
 libs=$(python3 -c "import nvidia; print(':'.join(p + '/cu13/lib:' + p + '/cublas/lib' for p in nvidia.__path__))" 2>/dev/null)
 export LD_LIBRARY_PATH=${libs}:${LD_LIBRARY_PATH:-}
@@ -47,6 +53,11 @@ for stage in "$@"; do
       python -m pytest -q -m gpu tests 2>&1 | tee "$OUT/gpu-tests.log" | tail -n 30 ;;
     smollm2) hf smollm2-135m; llamacpp smollm2-135m; ct2 smollm2-135m ;;
     smollm2-*) ${stage#smollm2-} smollm2-135m ;;
+    exl2-build)
+      TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 -c "import exllamav2, exllamav2.ext; print('exllamav2', exllamav2.__version__)" 2>&1 | tail -n 3 ;;
+    seed-*)
+      COMMON="model=llama2-7b-random dataset=sharegpt dataset.limit=\${batch_size} generation.max_new_tokens=200 measure.repetitions=${SEED_REPS:-3}"
+      sweep "seed-${stage#seed-}" engine="${stage#seed-}" batch_size=1,4,16,64 ;;
     llama7b-*) COMMON="dataset.limit=16 generation.max_new_tokens=32"; ${stage#llama7b-} llama2-7b-random ;;
     pack)
       python -m runner.report "$RUNS" --csv "$OUT/gpu-table.csv" > "$OUT/gpu-table.md"; cat "$OUT/gpu-table.md"

@@ -65,3 +65,58 @@ def test_greedy_agreement_counts_identical_tokens_by_position():
     assert agreement(reference, [[1, 2, 9, 4], [5, 9, 9, 9]]) == pytest.approx(4 / 8)
     assert agreement(reference, reference) == 1.0
     assert agreement(reference, [[1, 2], [5, 6, 7, 8]]) == pytest.approx(6 / 8)  # a shorter output misses positions
+
+
+def test_tpot_is_per_request_and_itl_is_pooled_so_their_means_differ():
+    # Request A: 4 tokens 10 ms apart -> TPOT 10 ms, ITLs 10, 10, 10. Request B: 2 tokens 40 ms apart -> TPOT 40.
+    a = request_sample(0, 5, 0.0, [0.100, 0.110, 0.120, 0.130], 4)
+    b = request_sample(0, 5, 0.0, [0.100, 0.140], 2)
+    s = summarize([BatchSample(0, 2, 10, 6, 140.0)], [a, b])
+    assert s.tpot_ms.mean == pytest.approx((10 + 40) / 2)  # 25 ms: the mean of per-request TPOTs
+    assert s.itl_ms.mean == pytest.approx((10 + 10 + 10 + 40) / 4)  # 17.5 ms: every gap, pooled
+    assert s.latency_note is None
+
+
+def test_p95_interpolates_linearly():
+    # 11 values 0..10: the 95th percentile sits at rank 0.95 · 10 = 9.5 -> 9.5
+    assert Stats.of([float(v) for v in range(11)]).p95 == pytest.approx(9.5)
+
+
+def test_an_engine_without_timestamps_leaves_latencies_empty_and_says_why():
+    s = summarize([BatchSample(0, 1, 4, 7, 70.0)], [request_sample(0, 4, 0.0, None, 7)])
+    assert s.ttft_ms == Stats() and s.tpot_ms == Stats() and s.output_tok_s == pytest.approx(100.0)
+    assert s.latency_note == "the engine gives no per-token timestamps"
+
+
+def test_memory_sampler_counts_children_and_keeps_its_rate():
+    import subprocess
+    import sys
+    import time
+
+    from runner.memory import MemorySampler
+
+    sampler = MemorySampler(100.0)
+    sampler.start()
+    # A child holding 200 MiB: VmHWM of this process never sees it; the tree sum must.
+    child = subprocess.Popen([sys.executable, "-c", "import time; x = bytearray(200 * 2**20); time.sleep(1.5)"])
+    time.sleep(1.2)
+    child.wait()
+    sampler.stop()
+    fields = sampler.fields()
+    assert fields["host_peak_rss_tree_mib"] > 200
+    assert fields["memory_sample_hz_achieved"] > 50  # ~100 on an idle machine; the thread sleeps between samples
+
+
+def test_energy_fields_by_hand():
+    from runner.energy import EnergyMeter, energy_fields
+
+    # 300 J over 10 s for 1000 output tokens -> 0.3 J/token, 30 W
+    fields = energy_fields(300.0, 1000, 10.0, "NVML total energy, 1 GPU(s)", None)
+    assert (fields["joules_per_output_token"], fields["avg_power_w"]) == (pytest.approx(0.3), pytest.approx(30.0))
+    empty = energy_fields(None, 1000, 10.0, None, "no NVIDIA GPU")
+    assert empty["energy_j"] is None and empty["energy_note"] == "no NVIDIA GPU"
+    meter = EnergyMeter()  # on a machine without NVML or readable RAPL: empty, with the reason
+    meter.start()
+    meter.stop()
+    if meter.source is None:
+        assert meter.fields(10, 1.0)["energy_note"]

@@ -1,0 +1,87 @@
+"""Bootstrap intervals, CV and the steady-state check on known data; one real CPU run with repetitions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from runner.metrics import BatchSample, headline_uncertainty, request_sample
+from runner.stats import BOOTSTRAP_RESAMPLES, bootstrap_ci, cv, interval, ratio_ci, steady_state
+from tests.conftest import FAST
+
+
+def test_constant_data_gives_a_zero_width_interval_and_zero_cv():
+    assert bootstrap_ci([5.0] * 10) == (5.0, 5.0)
+    assert cv([5.0] * 10) == 0.0
+
+
+def test_interval_of_a_known_normal_sample_covers_its_mean():
+    sample = np.random.default_rng(1).normal(100.0, 10.0, size=200)
+    low, high = bootstrap_ci(sample)
+    assert low < 100.0 < high
+    # The standard error is 10 / sqrt(200) = 0.707; a 95 % interval is about ± 1.96 · 0.707 = ± 1.39 wide.
+    assert high - low == pytest.approx(2 * 1.96 * 10 / np.sqrt(200), rel=0.2)
+
+
+def test_bootstrap_is_seeded_and_documented():
+    assert bootstrap_ci([1.0, 2.0, 4.0, 8.0]) == bootstrap_ci([1.0, 2.0, 4.0, 8.0])
+    assert BOOTSTRAP_RESAMPLES == 2000
+
+
+def test_cv_by_hand():
+    # mean 5, sample standard deviation sqrt(((2² + 0 + 2²)) / 2) = 2 -> CV 0.4
+    assert cv([3.0, 5.0, 7.0]) == pytest.approx(0.4)
+    assert cv([1.0]) is None and bootstrap_ci([1.0]) is None
+    assert interval([3.0, 5.0, 7.0]).n == 3
+
+
+def test_ratio_interval_of_equal_rate_batches_is_the_rate():
+    # Every batch runs at 10 tok/s whatever its size: any resample gives 10.
+    assert ratio_ci([10.0, 20.0, 40.0], [1.0, 2.0, 4.0]) == pytest.approx((10.0, 10.0))
+
+
+def test_steady_state_flags_a_drift_and_passes_noise():
+    steady, note = steady_state([100.0, 101.0, 99.0, 100.5, 99.5, 100.0])
+    assert steady is True and "first-half" in note
+    drifting, _ = steady_state([100.0, 95.0, 90.0, 85.0, 80.0, 75.0])  # throttling: -5 % a repetition
+    assert drifting is False
+    assert steady_state([1.0, 2.0]) == (None, "needs at least 3 repetitions (measure.repetitions), got 2")
+
+
+def test_headline_uncertainty_uses_repetitions_when_there_are_several():
+    # Two repetitions of the same two batches: 20 tokens in 2 s (10 tok/s), then in 4 s (5 tok/s).
+    batches = [BatchSample(0, 1, 5, 10, 1000.0, repetition=0), BatchSample(1, 1, 5, 10, 1000.0, repetition=0),
+               BatchSample(0, 1, 5, 10, 2000.0, repetition=1), BatchSample(1, 1, 5, 10, 2000.0, repetition=1)]
+    requests = [request_sample(0, 5, 0.0, [0.1, 0.2, 0.3], 3) for _ in range(4)]
+    out = headline_uncertainty(batches, requests)
+    assert out["output_tok_s_samples"] == pytest.approx([10.0, 5.0])  # 20 tok / 2 s, 20 tok / 4 s
+    assert out["output_tok_s_ci_unit"] == "repetition" and out["repetitions"] == 2
+    assert 5.0 <= out["output_tok_s_ci_low"] <= out["output_tok_s_ci_high"] <= 10.0
+    # CV of (10, 5): sd = 3.5355, mean 7.5 -> 0.4714
+    assert out["output_tok_s_cv"] == pytest.approx(0.4714, rel=1e-3)
+    assert out["tpot_ms_cv"] == pytest.approx(0.0) and out["tpot_ms_mean_ci_low"] == pytest.approx(100.0)
+    assert out["steady_state"] is None
+
+
+def test_a_cpu_run_with_repetitions_writes_every_new_field(run_cli, tmp_path):
+    result = run_cli(*FAST, "measure.repetitions=3", "measure.perplexity_prompts=2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads(next(tmp_path.glob("outputs/runs/*/*/record.json")).read_text())
+    assert record["status"] == "ok" and record["repetitions"] == 3
+    assert len(record["output_tok_s_samples"]) == 3 and {b["repetition"] for b in record["batch_samples"]} == {0, 1, 2}
+    assert record["output_tok_s_ci_low"] <= record["output_tok_s"] * 1.001
+    assert record["output_tok_s_ci_high"] >= record["output_tok_s"] * 0.999
+    for key in ("output_tok_s_cv", "ttft_ms_mean_ci_low", "tpot_ms_mean_ci_high", "tpot_ms_cv", "ttft_ms_p95",
+                "itl_ms_p95", "host_peak_rss_tree_mib", "memory_sample_hz_achieved", "perplexity",
+                "decode_bytes_per_step", "mbu_measured", "mfu_decode_measured", "mfu_prefill_measured",
+                "peak_bandwidth_gb_s_measured", "matmul_params", "env_cpu_physical_cores", "env_numpy"):
+        assert record[key] is not None, key
+    assert isinstance(record["steady_state"], bool) and record["steady_state_note"]
+    assert 1 < record["perplexity"] < 1000 and record["perplexity_prompts"] == 2
+    # No GPU here: each empty figure says why.
+    for empty, note in (("energy_j", "energy_note"), ("device_peak_used_mib", "device_memory_note"),
+                        ("device_peak_process_mib", "device_process_memory_note"), ("mbu_table", "roofline_note")):
+        assert record[empty] is None and record[note], empty
+    assert "TTFT ms mean [95% CI]" in result.stdout and "CV" in result.stdout
