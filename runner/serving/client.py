@@ -1,0 +1,155 @@
+"""One streaming /v1/completions request, timed chunk by chunk, and the load that sends many of them.
+
+Each token-carrying chunk is stamped with ``time.perf_counter()`` when it is parsed. Tokens per chunk
+come from the server: the running ``usage.completion_tokens`` (vLLM's continuous usage stats), else the
+chunk's ``logprobs.tokens``, else one per chunk with text; a final usage block sets the total, and
+without usage a stream that ended with finish_reason "length" produced exactly ``max_tokens``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import numpy as np
+
+
+@dataclass
+class RequestResult:
+    index: int  # position in the measured sequence of requests
+    input_tokens: int
+    sent_at: float  # perf_counter seconds
+    ok: bool = False
+    error: Optional[str] = None
+    chunk_times: list[float] = field(default_factory=list)  # arrival of each token-carrying chunk
+    chunk_tokens: list[int] = field(default_factory=list)  # tokens in each of those chunks
+    output_tokens: int = 0
+    finish_reason: Optional[str] = None
+    token_count_source: Optional[str] = None  # usage | finish_length | chunks
+
+
+def request_body(model: str, prompt: Union[str, list[int]], max_tokens: int, temperature: float,
+                 extras: dict[str, Any]) -> dict[str, Any]:
+    return {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature,
+            "stream": True, **extras}
+
+
+def _chunk_tokens(chunk: dict[str, Any], seen_usage: int) -> tuple[int, Optional[int]]:
+    """(tokens this chunk adds, running usage total if the chunk carries one)."""
+    usage = chunk.get("usage") or {}
+    if usage.get("completion_tokens") is not None:
+        total = int(usage["completion_tokens"])
+        return total - seen_usage, total
+    choices = chunk.get("choices") or []
+    if not choices:
+        return 0, None
+    logprobs = choices[0].get("logprobs") or {}
+    if isinstance(logprobs.get("tokens"), list):
+        return len(logprobs["tokens"]), None
+    # No count from the server: a chunk with text is one token; a finish-only chunk (empty text) is none.
+    return (1 if choices[0].get("text") else 0), None
+
+
+async def stream_completion(session, url: str, body: dict[str, Any], result: RequestResult) -> RequestResult:
+    """POST ``body`` to ``url`` and fill ``result`` as the stream arrives; errors are kept, never raised."""
+    usage_total = 0
+    try:
+        result.sent_at = time.perf_counter()
+        async with session.post(url, json=body) as response:
+            if response.status != 200:
+                result.error = f"HTTP {response.status}: {(await response.text())[:300]}"
+                return result
+            async for raw in response.content:
+                line = raw.decode("utf-8", errors="replace").strip()
+                if not line.startswith("data:"):
+                    continue  # SSE comments and pings
+                payload = line[len("data:"):].strip()
+                if payload == "[DONE]":
+                    break
+                arrived = time.perf_counter()
+                chunk = json.loads(payload)
+                if "error" in chunk:
+                    result.error = f"server error: {str(chunk['error'])[:300]}"
+                    return result
+                added, usage = _chunk_tokens(chunk, usage_total)
+                if usage is not None:
+                    usage_total = usage
+                if added > 0:
+                    result.chunk_times.append(arrived)
+                    result.chunk_tokens.append(added)
+                for choice in chunk.get("choices") or []:
+                    result.finish_reason = choice.get("finish_reason") or result.finish_reason
+        if usage_total:
+            result.output_tokens, result.token_count_source = usage_total, "usage"
+        elif result.finish_reason == "length" and body.get("max_tokens"):
+            result.output_tokens, result.token_count_source = int(body["max_tokens"]), "finish_length"
+        else:
+            result.output_tokens, result.token_count_source = sum(result.chunk_tokens), "chunks"
+        result.ok = result.output_tokens > 0
+        if not result.ok:
+            result.error = "no tokens streamed"
+    except asyncio.CancelledError:
+        result.error = "cancelled: serving.time_limit_s reached"
+    except Exception as exc:  # a refused connection, a dropped stream, bad JSON: a failed request
+        result.error = f"{type(exc).__name__}: {exc}"
+    return result
+
+
+def arrival_gaps_s(count: int, request_rate: float, burstiness: float, seed: int) -> list[float]:
+    """Seconds to wait before each request: gamma(shape=burstiness, mean=1/rate), vLLM's benchmark_serving.
+
+    burstiness 1 gives exponential gaps (a Poisson process); rate inf sends everything at once.
+    """
+    if request_rate == float("inf"):
+        return [0.0] * count
+    rng = np.random.default_rng(seed)
+    theta = 1.0 / (request_rate * burstiness)
+    return rng.gamma(shape=burstiness, scale=theta, size=count).tolist()
+
+
+async def run_load(url: str, bodies: list[dict[str, Any]], input_tokens: list[int], gaps_s: list[float],
+                   max_concurrency: Optional[int], time_limit_s: float) -> tuple[list[RequestResult], float, float]:
+    """Send every body at its arrival time (open loop), at most ``max_concurrency`` in flight.
+
+    Returns the results, and the start and end (perf_counter) of the measured phase. Requests not sent, or
+    still running, at ``time_limit_s`` are cancelled and counted as failed.
+    """
+    import aiohttp
+
+    limit = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
+    connector = aiohttp.TCPConnector(limit=0)  # the load decides concurrency, not the connection pool
+    results = [RequestResult(index=i, input_tokens=n, sent_at=float("nan")) for i, n in enumerate(input_tokens)]
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector, trust_env=False) as session:
+
+        async def one(i: int) -> None:
+            if limit is None:
+                await stream_completion(session, url, bodies[i], results[i])
+                return
+            async with limit:
+                await stream_completion(session, url, bodies[i], results[i])
+
+        async def launch_all() -> None:
+            tasks = []
+            for i, gap in enumerate(gaps_s):
+                if gap > 0:
+                    await asyncio.sleep(gap)
+                tasks.append(asyncio.create_task(one(i)))
+            await asyncio.gather(*tasks)
+
+        start = time.perf_counter()
+        driver = asyncio.create_task(launch_all())
+        done, _ = await asyncio.wait({driver}, timeout=time_limit_s)
+        if not done:
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+            await asyncio.gather(driver, return_exceptions=True)
+        end = time.perf_counter()
+    for result in results:
+        if not result.ok and result.error is None:
+            result.error = "not sent: serving.time_limit_s reached"
+    return results, start, end

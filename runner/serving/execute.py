@@ -1,0 +1,146 @@
+"""scenario=serving: prepare the model, start (or attach to) the server, warm up, send the load, write the record.
+
+The record has the offline record's shape (same base fields, flattened config with ``serving_*`` and
+``server_*``, the same latency names plus p95), so ``runner.results.load_results`` reads a rate sweep
+as one DataFrame. A launched server is always stopped, whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+import time
+import traceback
+import uuid
+from pathlib import Path
+from typing import Any
+
+from runner.config import BenchConfig
+from runner.environment import environment
+from runner.records import RECORD_NAME, flatten, write_json_atomic
+from runner.serving.client import arrival_gaps_s, request_body, run_load
+from runner.serving.metrics import request_samples, summarize_serving
+from runner.serving.plan import ServingWorkload, is_loopback
+from runner.serving.server import ServerProcess, free_loopback_port, models_ready
+
+SERVER_LOG = "server.log"
+
+
+def _json_safe_config(cfg: BenchConfig) -> dict[str, Any]:
+    flat = flatten(cfg)
+    # JSON has no infinity: an unbounded rate is written "inf" (pandas keeps the sweep's column as objects).
+    return {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in flat.items()}
+
+
+def execute(cfg: BenchConfig, work: ServingWorkload, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    backend = work.backend
+    record: dict[str, Any] = {
+        "run_id": uuid.uuid4().hex[:12], "status": "running", "error": None,
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(), "run_dir": str(run_dir),
+        "overrides": " ".join(overrides), **_json_safe_config(cfg),
+        "model_format": backend.model_format, "engine_streams_tokens": True, "server_backend": backend.name,
+        # offline-only figures, present so readers of either kind of record find the same columns
+        "batches": None, "batch_latency_ms_p50": None, "batch_latency_ms_p90": None, "batch_latency_ms_p99": None,
+        "load_s": None, "host_peak_rss_mib": None, "host_peak_rss_method": "server process tree RSS (psutil)",
+    }
+    server = None
+    try:
+        server, base_url, served_name = _start_or_attach(cfg, work, run_dir, record)
+        url = f"{base_url}/completions"
+        forcing = backend.forcing_fields(cfg.generation.max_new_tokens, cfg.generation.ignore_eos)
+        extras = {**backend.request_extras, **forcing}
+
+        def bodies(prompts):
+            return [request_body(served_name, p, cfg.generation.max_new_tokens, cfg.generation.temperature, extras)
+                    for p in prompts]
+
+        if work.warmup_prompts:  # one at a time, untimed: first-request costs (graph capture, caches) land here
+            warm, _, _ = asyncio.run(run_load(url, bodies(work.warmup_prompts), [0] * len(work.warmup_prompts),
+                                              [0.0] * len(work.warmup_prompts), 1, cfg.serving.time_limit_s))
+            failed = [r.error for r in warm if not r.ok]
+            if failed:
+                raise RuntimeError(f"warm-up request failed: {failed[0]}")
+        gaps = arrival_gaps_s(len(work.prompts), cfg.serving.request_rate, cfg.serving.burstiness, cfg.serving.seed)
+        if server:
+            server.start_memory_sampler()
+        results, start, end = asyncio.run(run_load(url, bodies(work.prompts), [len(p) for p in work.prompt_ids],
+                                                   gaps, cfg.serving.max_concurrency, cfg.serving.time_limit_s))
+        if server:  # device memory: whole-device NVML peak during the load (absolute, not minus a baseline)
+            record.update(server.stop_memory_sampler())
+            record["host_peak_rss_mib"] = record["server_peak_rss_mib"]
+        serving = cfg.serving
+        record.update(summarize_serving(results, end - start, serving.slo_ttft_ms, serving.slo_tpot_ms,
+                                        serving.slo_e2el_ms))
+        record["request_samples"] = request_samples(results)
+        errors = sorted({r.error for r in results if not r.ok})
+        record["request_errors"] = errors[:5]
+        if record["completed_requests"] == 0:
+            raise RuntimeError(f"every request failed: {errors[0] if errors else 'unknown'}")
+        record["status"] = "ok"
+    except BaseException as exc:  # Ctrl-C too: the record says what happened, then the interrupt goes on
+        record["status"] = "oom" if "out of memory" in str(exc).lower() else "error"
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        record["traceback"] = traceback.format_exc()
+        if not isinstance(exc, Exception):
+            _finish(record, server, backend, run_dir)
+            raise
+    _finish(record, server, backend, run_dir)
+    _print(record)
+    return record
+
+
+def _finish(record, server, backend, run_dir: Path) -> None:
+    if server is not None:
+        server.stop()
+        record["server_log"] = str(run_dir / SERVER_LOG)
+    record.update(environment(backend.packages))
+    write_json_atomic(run_dir / RECORD_NAME, record)
+
+
+def _start_or_attach(cfg: BenchConfig, work: ServingWorkload, run_dir: Path,
+                     record: dict[str, Any]) -> tuple[ServerProcess | None, str, str]:
+    if cfg.server.url:  # attach: traffic goes only to the URL given
+        base_url = cfg.server.url.rstrip("/")
+        record.update(server_loopback=is_loopback(base_url), server_pid=None)
+        if not models_ready(base_url, timeout_s=10):
+            raise RuntimeError(f"server.url={base_url}: GET {base_url}/models did not answer 200")
+        return None, base_url, cfg.server.model
+    from runner.models import prepare
+
+    from engines import get_engine_class
+
+    # The engine's own variant (e.g. vllm quantization=gptq -> a GPTQ checkpoint), as the offline run loads.
+    variant = get_engine_class(cfg.engine.name).model_variant(cfg.engine)
+    prepared = prepare(cfg.model, work.backend.model_format, cfg.cache_dir, variant)
+    record.update(model_path=prepared.path, model_prepare_s=prepared.prepare_s, model_cache_hit=prepared.cache_hit)
+    port = free_loopback_port()
+    served_name = cfg.server.model or cfg.model.name
+    base_url = f"http://127.0.0.1:{port}/v1"
+    command = work.backend.launch_command(cfg, prepared.path, port, served_name)
+    server = ServerProcess(command, work.backend.launch_env(cfg), run_dir / SERVER_LOG, base_url)
+    record.update(server_command=" ".join(command), server_loopback=True)
+    try:
+        record["server_startup_s"] = record["load_s"] = server.start(cfg.server.startup_timeout_s)
+    except BaseException:
+        server.stop()
+        raise
+    record["server_pid"] = server.pid
+    return server, base_url, served_name
+
+
+def _print(record: dict[str, Any]) -> None:
+    if record["status"] != "ok":
+        return
+    rate = record.get("serving_request_rate")
+    print(f"serving · {record.get('server_backend')} · rate {rate}/s · concurrency "
+          f"{record.get('serving_max_concurrency') or '∞'}: {record['completed_requests']} ok, "
+          f"{record['failed_requests']} failed in {record['measured_s']:.2f} s; "
+          f"{record['requests_per_s']:.3f} req/s, {record['output_tok_s']:.1f} output tok/s; "
+          f"TTFT p50/p95 {record['ttft_ms_p50']:.0f}/{record['ttft_ms_p95']:.0f} ms, "
+          f"TPOT p50/p95 {_f(record['tpot_ms_p50'])}/{_f(record['tpot_ms_p95'])} ms, "
+          f"E2EL p95 {record['e2el_ms_p95']:.0f} ms", flush=True)
+
+
+def _f(value) -> str:
+    return "—" if value is None else f"{value:.1f}"

