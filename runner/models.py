@@ -76,7 +76,13 @@ def prepare(model: ModelConfig, model_format: str, cache_dir: Optional[str],
     ``variant`` names a flavour of the format that changes the stored weights (a quantization type,
     e.g. "q8_0" for GGUF); each variant is its own cache entry ``<format>-<variant>``.
     """
-    if model_format == "hf" and model.hf:
+    if model_format == "hf" and variant:  # GPTQ: the entry name also says how it was made (runner/gptq.py)
+        from runner.gptq import cache_variant, prequantized
+
+        if model.hf and is_local_path(model.hf) and prequantized(model.hf):  # already GPTQ/EXL2: as it is
+            return PreparedModel(path=model.hf, prepare_s=0.0, cache_hit=True)
+        variant = cache_variant(variant, random_weights=bool(model.random))
+    if model_format == "hf" and model.hf and not variant:
         return PreparedModel(path=model.hf, prepare_s=0.0, cache_hit=True)
     if model_format == "gguf" and model.gguf and not variant:
         return PreparedModel(path=str(gguf_path(model)), prepare_s=0.0, cache_hit=True)
@@ -134,7 +140,10 @@ def _source_key(model: ModelConfig) -> str:
 
 
 def _to_hf(model: ModelConfig, out: Path, cache_dir: Optional[str], variant: Optional[str]) -> None:
-    """A random-weights model of a preset's shapes (``model.random``), else the GGUF dequantized."""
+    """A random-weights model of a preset's shapes (``model.random``), else the GGUF dequantized;
+    with a variant, a GPTQ checkpoint made from that HF model (runner/gptq.py)."""
+    if variant:
+        return _hf_to_gptq(model, out, cache_dir, variant)
     if model.random:
         from runner.random_model import build_random_model
 
@@ -159,6 +168,21 @@ def _gguf_to_hf(model: ModelConfig, out: Path, cache_dir: Optional[str], variant
     plain.generation_config = loaded.generation_config
     plain.save_pretrained(out)
     AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(out)
+
+
+def _hf_to_gptq(model: ModelConfig, out: Path, cache_dir: Optional[str], variant: str) -> None:
+    """GPTQ of the HF weights: round-to-nearest packing for random weights, else gptqmodel (runner/gptq.py)."""
+    from runner import gptq
+
+    spec = gptq.parse_variant(variant.split("-sym-")[0])
+    hf = prepare(model, "hf", cache_dir).path
+    if model.random:
+        return gptq.rtn_checkpoint(hf, out, spec)
+    if not is_local_path(hf):
+        from huggingface_hub import snapshot_download
+
+        hf = snapshot_download(hf)
+    return gptq.gptqmodel_checkpoint(os.path.expanduser(hf), out, spec)
 
 
 def _hf_to_ct2(model: ModelConfig, out: Path, cache_dir: Optional[str], variant: Optional[str]) -> None:

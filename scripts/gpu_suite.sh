@@ -45,10 +45,11 @@ for stage in "$@"; do
   case $stage in
     install)
       bash .devwheels/parts/install.sh || exit 1
-      tar -xJf .devwheels/llama-cpp-python-0.3.36-cuda13-sm90.tar.xz -C /tmp/site || exit 1
+      if [ -f .devwheels/llama-cpp-python-0.3.36-cuda13-sm90.tar.xz ]; then
+        tar -xJf .devwheels/llama-cpp-python-0.3.36-cuda13-sm90.tar.xz -C /tmp/site || exit 1; fi
       if [ -d .devwheels/cache ]; then mkdir -p "$LLM_BENCH_CACHE" && cp -r .devwheels/cache/. "$LLM_BENCH_CACHE/"; fi
       nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
-      python3 -c "import llama_cpp, ctranslate2, bitsandbytes, hydra; print('llama_cpp', llama_cpp.__version__, 'gpu offload', llama_cpp.llama_supports_gpu_offload(), '| ctranslate2', ctranslate2.__version__, ctranslate2.get_cuda_device_count(), '| bnb', bitsandbytes.__version__)" ;;
+      python3 -m pip list --path /tmp/site 2>/dev/null | grep -iE "^(vllm|exllamav2|llama.cpp|ctranslate2|bitsandbytes|hydra-core) " ;;
     tests)
       python -m pytest -q -m gpu tests 2>&1 | tee "$OUT/gpu-tests.log" | tail -n 30 ;;
     smollm2) hf smollm2-135m; llamacpp smollm2-135m; ct2 smollm2-135m ;;
