@@ -110,7 +110,7 @@ class ExLlamaV2Engine(Engine):
         gens = [Generation(token_ids=[], token_times=[]) for _ in prompts]
         done = [False] * len(prompts)
         for _ in range(sampling.max_new_tokens):
-            logits = self.model.forward(last, self.cache, input_mask=mask, position_offsets=offsets)[:, -1, :]
+            logits = self.model.forward(last, self.cache, input_mask=mask, position_offsets=offsets)[:, -1, :].clone()
             if sampling.ignore_eos:
                 logits[:, self.eos_ids] = float("-inf")
             tokens = _pick(logits.float(), sampling.temperature).cpu()  # .cpu() waits for the step
