@@ -66,6 +66,7 @@ def measure(engine: Engine, batches: list[list[list[int]]], sampling: SamplingSp
             latency_ms=(end - start) * 1e3,
             ttft_ms=(min(firsts) - start) * 1e3 if firsts else None,
             decode_ms=(max(lasts) - min(firsts)) * 1e3 if firsts else None,
+            prefill_ms=(max(firsts) - start) * 1e3 if firsts else None,
             repetition=repetition,
         ))
         request_samples.extend(requests)

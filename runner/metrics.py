@@ -59,6 +59,9 @@ class BatchSample:
     latency_ms: float  # generate() call, device synchronized on both sides
     ttft_ms: Optional[float] = None  # first token of the batch (prefill + one step)
     decode_ms: Optional[float] = None  # first token to the last token of the batch
+    # Until every sequence of the batch has its first token: the whole prefill, also when the engine
+    # prefills in chunks (vLLM) and the first sequence's token comes long before the last one's.
+    prefill_ms: Optional[float] = None
     repetition: int = 0
 
 

@@ -234,7 +234,7 @@ def roofline_fields(weights_bytes: Optional[int], shape: Optional[ModelShape], k
             # Mean context while decoding: the prompt plus half the output, per sequence of the batch.
             context = (summary["input_tokens"] + summary["output_tokens"] / 2) / summary["prompts"]
             out["decode_bytes_per_step"] = weights_bytes + batch * context * out["kv_bytes_per_token"]
-    prefill_s = sum(b["ttft_ms"] for b in summary.get("batch_samples") or [] if b.get("ttft_ms")) / 1e3
+    prefill_s = sum(b["prefill_ms"] for b in summary.get("batch_samples") or [] if b.get("prefill_ms")) / 1e3
     if prefill_s > 0:
         out["prefill_tok_s"] = summary["input_tokens"] / prefill_s
     for label, peak in (("table", table), ("measured", measured)):

@@ -52,9 +52,9 @@ def test_gguf_metadata_gives_the_same_shape(smollm2_hf):
 
 def test_roofline_fields_of_a_batched_7b_decode_by_hand():
     shape = shape_from_hf_config(LLAMA2_7B)
-    # 4 prompts in one batch, 100 input and 200 output tokens each; TPOT 20 ms; prefill (batch TTFT) 50 ms.
+    # 4 prompts in one batch, 100 input and 200 output tokens each; TPOT 20 ms; first token of the batch at 20 ms, of every sequence (the whole prefill) at 50 ms.
     summary = {"prompts": 4, "batches": 1, "input_tokens": 400, "output_tokens": 800, "tpot_ms_mean": 20.0,
-               "batch_samples": [{"ttft_ms": 50.0}]}
+               "batch_samples": [{"ttft_ms": 20.0, "prefill_ms": 50.0}]}
     out = roofline_fields(13_480_000_000, shape, kv_element_bytes("float16"), summary, H100_SXM, None)
     # KV read per step: 4 sequences · mean context (100 + 200 / 2 = 200) · 524,288 B = 419,430,400 B
     assert out["kv_bytes_per_token"] == 524_288
