@@ -9,7 +9,8 @@ Two decoding paths:
 * ``paged=False`` (default; flash-attn is absent): ExLlamaV2's dynamic generator allows only batch 1
   unpaged, so this adapter runs the batch itself as ExLlamaV2's base generator does: prompts left-padded,
   an additive padding mask and per-row position offsets, one ``model.forward`` for the prefill and one per
-  decoding step over a batch-sized cache; greedy argmax or temperature sampling on the logits.
+  decoding step over a batch-sized cache; greedy argmax or temperature sampling on the logits. Attention is
+  ExLlamaV2's matmul path (``no_sdpa``): its SDPA path drops the causal mask.
 * ``paged=True`` (needs flash-attn >= 2.5.7): ``ExLlamaV2DynamicGenerator`` with one job per prompt, no
   stop conditions and ``min_new_tokens`` when the length is forced; tokens are stamped per ``iterate()``.
 """
@@ -54,10 +55,15 @@ class ExLlamaV2Engine(Engine):
         config.max_input_len = min(config.max_input_len, config.max_seq_len)
         config.max_attention_size = config.max_input_len ** 2
         config.no_flash_attn = not cfg.paged
+        # ExLlamaV2 0.3.2's SDPA branch (_attn_torch) passes no mask at all for causal layers (it asks for the
+        # block-diagonal mask, None without cu_seqlens): prefill attends to future tokens and padding, and the
+        # output is garbage. Its matmul branch builds the causal + padding mask, so use that one.
+        config.no_sdpa = True
         for key, value in cfg.engine_kwargs.items():  # e.g. no_sdpa, low_mem: ExLlamaV2Config attributes
             if not hasattr(config, key):
                 raise ValueError(f"engine.engine_kwargs.{key}: not an ExLlamaV2Config attribute")
             setattr(config, key, value)
+        _check_intermediate_size(config)
         self.model = exl2.ExLlamaV2(config)
         self.model.load(progress=False)  # one GPU; the KV cache is made per batch shape (_ensure_cache)
         self.cache, self.cache_shape, self.generator = None, (0, 0), None
@@ -226,6 +232,15 @@ def _pick(logits, temperature: float):
     if temperature == 0:
         return logits.argmax(dim=-1)
     return torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1).flatten()
+
+
+def _check_intermediate_size(config) -> None:
+    """ExLlamaV2 pads gate/up outputs to a multiple of 32 but not down_proj's input (float16 or quantized
+    alike), so such an MLP fails mid-forward with a matmul shape error; say so at load instead."""
+    size = getattr(config, "intermediate_size", None)
+    if isinstance(size, int) and size % 32:
+        raise RuntimeError(f"the exllamav2 engine needs intermediate_size divisible by 32 (ExLlamaV2 pads the "
+                           f"MLP to 32); this model has {size}")
 
 
 def _eos_ids(config) -> list[int]:

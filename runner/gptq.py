@@ -220,6 +220,28 @@ def rtn_checkpoint(hf_dir: str, out: Path, spec: GPTQSpec) -> None:
     _write_config(hf_dir, out, spec, dynamic_overrides(shapes, spec))
 
 
+def dequantized_reference(hf_dir: str, packed_dir: Path, out: Path) -> None:
+    """An HF directory ``out`` holding exactly the weights a GPTQ reader of ``packed_dir`` sees (quantized
+    linears dequantized, the rest as in ``hf_dir``): comparing an engine on ``packed_dir`` with HF on ``out``
+    isolates the engine from the quantization error. ``packed_dir`` must be an RTN checkpoint (one file)."""
+    from safetensors.torch import load_file, save_file
+
+    packed = load_file(str(Path(packed_dir) / "model.safetensors"))
+    bits = json.loads((Path(packed_dir) / "config.json").read_text())["quantization_config"]["bits"]
+    for item in Path(hf_dir).iterdir():
+        if item.suffix != ".safetensors" and item.is_file():
+            shutil.copy(item, Path(out) / item.name)
+    weights = {}
+    for path in Path(hf_dir).glob("*.safetensors"):
+        for name, tensor in load_file(str(path)).items():
+            module = name.removesuffix(".weight")
+            if f"{module}.qweight" in packed:
+                parts = {key: packed[f"{module}.{key}"] for key in ("qweight", "qzeros", "scales", "g_idx")}
+                tensor = dequantize(parts, bits).to(tensor.dtype)
+            weights[name] = tensor.contiguous()
+    save_file(weights, str(Path(out) / "model.safetensors"), metadata={"format": "pt"})
+
+
 def _write_config(hf_dir: str, out: Path, spec: GPTQSpec, dynamic: dict[str, dict]) -> None:
     config = json.loads((Path(hf_dir) / "config.json").read_text())
     config["torch_dtype"] = config["dtype"] = "float16"

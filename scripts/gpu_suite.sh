@@ -11,6 +11,9 @@
 #             exllamav2, ctranslate2, llamacpp, vllm, vllm_gptq): Llama-2-7B shapes, ShareGPT prompts,
 #             200 new tokens forced, batch 1/4/16/64, one batch of prompts per point (dataset.limit =
 #             batch size), warmed up on it, then measured SEED_REPS times
+#   repeat    the seed's llama.cpp batch-16 point again (resume=false): its tok/s against the first run's CI
+#   serving   vLLM's OpenAI server on the Llama-2-7B shape, open-loop Poisson load at 4 / 16 / inf req/s,
+#             ShareGPT prompts, 200 tokens forced, SLOs TTFT 1 s and TPOT 50 ms for goodput
 #   exl2-build  compile ExLlamaV2's CUDA extension (JIT, ~2 min; cached while the machine stays warm)
 #   pack      tables and records of every run so far into $OUT (end each call with it: $OUT is emptied)
 set -uo pipefail
@@ -45,8 +48,10 @@ for stage in "$@"; do
   case $stage in
     install)
       bash .devwheels/parts/install.sh || exit 1
-      if [ -f .devwheels/llama-cpp-python-0.3.36-cuda13-sm90.tar.xz ]; then
-        tar -xJf .devwheels/llama-cpp-python-0.3.36-cuda13-sm90.tar.xz -C /tmp/site || exit 1; fi
+      # The prebuilt llama.cpp (41 MB) may come in its own call, copied to /tmp, as it does not fit beside the
+      # last part of the wheels in one 64 MiB carry.
+      for tarball in .devwheels/llama-cpp-python-0.3.36-cuda13-sm90.tar.xz /tmp/llama-cpp-python-0.3.36-cuda13-sm90.tar.xz; do
+        if [ -f $tarball ]; then tar -xJf $tarball -C /tmp/site || exit 1; break; fi; done
       if [ -d .devwheels/cache ]; then mkdir -p "$LLM_BENCH_CACHE" && cp -r .devwheels/cache/. "$LLM_BENCH_CACHE/"; fi
       nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
       python3 -m pip list --path /tmp/site 2>/dev/null | grep -iE "^(vllm|exllamav2|llama.cpp|ctranslate2|bitsandbytes|hydra-core) " ;;
@@ -54,6 +59,12 @@ for stage in "$@"; do
       python -m pytest -q -m gpu tests 2>&1 | tee "$OUT/gpu-tests.log" | tail -n 30 ;;
     smollm2) hf smollm2-135m; llamacpp smollm2-135m; ct2 smollm2-135m ;;
     smollm2-*) ${stage#smollm2-} smollm2-135m ;;
+    repeat)
+      COMMON="model=llama2-7b-random dataset=sharegpt dataset.limit=16 generation.max_new_tokens=200 measure.repetitions=${SEED_REPS:-3} resume=false"
+      sweep seed-llamacpp-repeat engine=llamacpp batch_size=16 ;;
+    serving)
+      COMMON="scenario=serving model=llama2-7b-random dataset=sharegpt dataset.limit=64 generation.max_new_tokens=200 serving.num_requests=64 serving.slo_ttft_ms=1000 serving.slo_tpot_ms=50"
+      sweep serving-vllm engine=vllm serving.request_rate=4,16,inf ;;
     exl2-build)
       TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 -c "import exllamav2, exllamav2.ext; print('exllamav2', exllamav2.__version__)" 2>&1 | tail -n 3 ;;
     seed-*)

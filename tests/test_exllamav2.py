@@ -1,14 +1,12 @@
 """The ExLlamaV2 engine: CUDA only. Here (CPU) only the config and the missing-GPU error are checked; the GPU
 tests run on the device machine (first import JIT-builds ExLlamaV2's kernels, ~2 min with
-TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16): forced lengths with per-token stamps on tiny-llama-random GPTQ (RTN),
-and greedy agreement / log-probabilities against HF on SmolLM2 GPTQ (gptqmodel).
+TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16): forced lengths with per-token stamps, and greedy agreement /
+log-probabilities against HF on the dequantized same weights, on SmolLM2 GPTQ (RTN); tiny-llama is refused.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +15,7 @@ from engines import get_engine_class
 from engines.base import SamplingSpec
 from runner.config import ExLlamaV2CacheDType, ExLlamaV2EngineConfig, ModelConfig
 from runner.models import prepare
-from tests.conftest import chat_ids, smollm2_spec
+from tests.conftest import chat_ids
 
 TINY = ModelConfig(name="tiny-llama-random", random="tiny-llama")
 
@@ -44,28 +42,20 @@ def test_without_cuda_load_fails_with_one_clear_line(cache_dir):
     assert "\n" not in str(info.value)
 
 
+def test_an_mlp_width_exllamav2_cannot_pad_is_refused_in_one_line():
+    from types import SimpleNamespace
+
+    from engines.exllamav2 import _check_intermediate_size
+
+    _check_intermediate_size(SimpleNamespace(intermediate_size=1536))  # SmolLM2: fine
+    with pytest.raises(RuntimeError, match="intermediate_size divisible by 32.*has 172$"):
+        _check_intermediate_size(SimpleNamespace(intermediate_size=172))  # tiny-llama
+
+
 def _engine(path: str, **config):
     engine = get_engine_class("exllamav2")(ExLlamaV2EngineConfig(**config))
     engine.load(path)
     return engine
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("cache_dtype", [ExLlamaV2CacheDType.fp16, ExLlamaV2CacheDType.q4])
-def test_tiny_random_gptq_forced_length_and_timestamps(cache_dir, cache_dtype):
-    path = prepare(TINY, "hf", cache_dir, variant="gptq-w4g128").path
-    engine = _engine(path, cache_dtype=cache_dtype, max_batch_size=8)
-    try:
-        prompts = [[1, 450, 7483, 310], [1, 9038, 2501, 263, 931, 29892, 727, 471], [1, 15043]]
-        gens = engine.generate(prompts, SamplingSpec(12, ignore_eos=True, temperature=0.0))
-        for gen in gens:
-            assert len(gen.token_ids) == len(gen.token_times) == 12
-            assert gen.token_times == sorted(gen.token_times) and gen.token_times[0] < gen.token_times[-1]
-            assert 2 not in gen.token_ids  # EOS suppressed
-        assert engine.weights_bytes() > 0 and engine.device_memory()["torch_peak_allocated_mib"] > 0
-        assert engine.resolved["quantization"] == "gptq-w4g128"
-    finally:
-        engine.close()
 
 
 @pytest.fixture(scope="module")
@@ -75,27 +65,40 @@ def smollm2_rtn(smollm2_hf, tmp_path_factory) -> tuple[str, str]:
     Comparing ExLlamaV2 with HF on the same effective weights isolates the engine from the quantization
     (a 4-bit 135M model drifts from its float original after a few tokens whatever runs it).
     """
-    from safetensors.torch import load_file, save_file
-
     from runner import gptq
 
     packed_dir = tmp_path_factory.mktemp("smollm2-gptq")
     gptq.rtn_checkpoint(smollm2_hf, packed_dir, gptq.parse_variant("gptq-w4g128"))
-    packed = load_file(str(packed_dir / "model.safetensors"))
     reference_dir = tmp_path_factory.mktemp("smollm2-dequantized")
-    for item in Path(smollm2_hf).iterdir():
-        if item.suffix != ".safetensors":
-            shutil.copy(item, reference_dir / item.name)
-    weights = {}
-    for path in Path(smollm2_hf).glob("*.safetensors"):
-        for name, tensor in load_file(str(path)).items():
-            module = name.removesuffix(".weight")
-            if f"{module}.qweight" in packed:
-                parts = {key: packed[f"{module}.{key}"] for key in ("qweight", "qzeros", "scales", "g_idx")}
-                tensor = gptq.dequantize(parts, 4).to(tensor.dtype)
-            weights[name] = tensor.contiguous()
-    save_file(weights, str(reference_dir / "model.safetensors"), metadata={"format": "pt"})
+    gptq.dequantized_reference(smollm2_hf, packed_dir, reference_dir)
     return str(packed_dir), str(reference_dir)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cache_dtype", [ExLlamaV2CacheDType.fp16, ExLlamaV2CacheDType.q4])
+def test_gptq_forced_length_and_timestamps(smollm2_rtn, tokenizer, cache_dtype):
+    """On SmolLM2 RTN: tiny-llama's intermediate_size (172) is not a multiple of 32, which ExLlamaV2's
+    MLP padding cannot run (the engine refuses it at load, checked below)."""
+    engine = _engine(smollm2_rtn[0], cache_dtype=cache_dtype, max_batch_size=8)
+    try:
+        prompts = [tokenizer(text)["input_ids"] for text in ("Hello", "The weather today is", "1, 2, 3, 4,")]
+        gens = engine.generate(prompts, SamplingSpec(12, ignore_eos=True, temperature=0.0))
+        for gen in gens:
+            assert len(gen.token_ids) == len(gen.token_times) == 12
+            assert gen.token_times == sorted(gen.token_times) and gen.token_times[0] < gen.token_times[-1]
+            assert not set(engine.eos_ids) & set(gen.token_ids)  # EOS suppressed
+        assert engine.weights_bytes() > 0 and engine.device_memory()["torch_peak_allocated_mib"] > 0
+        assert engine.resolved["quantization"] == "gptq-w4g128"
+    finally:
+        engine.close()
+
+
+@pytest.mark.gpu
+def test_tiny_llama_is_refused_at_load_with_one_line(cache_dir):
+    path = prepare(TINY, "hf", cache_dir, variant="gptq-w4g128").path
+    with pytest.raises(RuntimeError, match="intermediate_size divisible by 32") as info:
+        _engine(path)
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.gpu
