@@ -66,7 +66,7 @@ def per_batch_plot(df: pd.DataFrame, palette: dict, path: Path, title: str, ylab
         group = df[df["model_name"] == model]
         _lines(ax, group, y, palette)
         if extra:
-            extra(ax, group)
+            extra(ax, group, palette)
         _batch_axis(ax, group["batch_size"])
         if log_y:  # engines differ by 10-100x; on a linear axis the slow ones lie flat on zero
             ax.set_yscale("log")
@@ -87,13 +87,17 @@ def memory_column(df: pd.DataFrame) -> tuple[str, str]:
     return "host_peak_rss_mib", "host peak RSS (MiB)"
 
 
-def add_roofline(ax, group: pd.DataFrame) -> None:
-    """Where the memory-bandwidth roofline will go: bandwidth / bytes read per decoding step, in tok/s.
-
-    It needs the device's peak memory bandwidth, which the records do not carry yet (a separate issue);
-    until they do this draws nothing rather than a made-up number.
+def add_roofline(ax, group: pd.DataFrame, palette: dict) -> None:
+    """The memory-bandwidth roofline of each configuration, dashed in its colour: the decode rate at which
+    reading the weights and the KV cache once per step takes the datasheet bandwidth, i.e. the achieved
+    decode rate divided by its MBU (runner.roofline). Nothing is drawn where the records have no MBU.
     """
-    return None
+    if "mbu_table" not in group or "decode_tok_s" not in group:
+        return
+    for name, runs in group.dropna(subset=["mbu_table", "decode_tok_s"]).groupby("configuration"):
+        runs = runs.sort_values("batch_size")
+        ax.plot(runs["batch_size"], runs["decode_tok_s"] / runs["mbu_table"], linestyle="--",
+                color=palette[name], alpha=0.7)
 
 
 def latency_percentiles(df: pd.DataFrame, palette: dict, path: Path) -> Path:
@@ -131,6 +135,5 @@ def write_plots(df: pd.DataFrame, out: Path) -> list[Path]:
         per_batch_plot(ok, palette, out / "decode_rate.png", "achieved decode rate",
                        "batch × 1000 / TPOT p50 (tok/s)",
                        lambda runs: runs["batch_size"] * 1000.0 / runs["tpot_ms_p50"], extra=add_roofline,
-                       log_y=True, note="Achieved decode tok/s (all sequences of a batch). Roofline not drawn "
-                                        "yet: it needs the device's peak memory bandwidth."),
+                       log_y=True, note="solid: achieved; dashed: bandwidth roofline"),
     ]

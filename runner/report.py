@@ -27,6 +27,10 @@ COLUMNS = [
     ("TTFT p50 ms", "ttft_ms_p50", 1),
     ("TPOT p50 ms", "tpot_ms_p50", 2),
     ("out tok/s", "output_tok_s", 1),
+    ("CI low", "output_tok_s_ci_low", 1),  # 95 % bootstrap interval of out tok/s, and its CV (runner.stats)
+    ("CI high", "output_tok_s_ci_high", 1),
+    ("CV", "output_tok_s_cv", 3),
+    ("MBU", "mbu_table", 2),  # of the datasheet bandwidth (runner.roofline)
     ("speed-up", "output_tok_s_speedup", 2),  # only with a baseline (runner.results.speedup)
     ("load s", "load_s", 1),
     ("weights MiB", "weights_mib", 0),
@@ -34,6 +38,8 @@ COLUMNS = [
     ("device peak MiB", "device_peak_used_mib", 0),
     ("torch alloc MiB", "torch_peak_allocated_mib", 0),
     ("greedy agree", "greedy_agreement", 2),
+    ("perplexity", "perplexity", 2),
+    ("J/tok", "joules_per_output_token", 3),
 ]
 LATENCY_COLUMNS = [("batch", "batch_size", 0)] + [
     (f"{name} {q} ms", f"{field}_{q}", digits)

@@ -84,13 +84,13 @@ def compare(df: pd.DataFrame, metric: str, index: str = "batch_size") -> pd.Data
     """`metric` as a pivot: one row per `index` value, one column per configuration (runner.report.configuration).
 
     When the frame holds several models the columns are (model_name, configuration) pairs. When the records
-    carry a confidence interval for the metric (`<metric>_ci95_low` and `<metric>_ci95_high`), those come
-    too: the columns are then (value name, configuration...) with the value names metric, *_ci95_low and
-    *_ci95_high. Each cell is one run: repeated runs of a configuration raise ValueError (use latest(df)).
+    carry a confidence interval for the metric (`<metric>_ci_low` and `<metric>_ci_high`, 95 % bootstrap (runner.stats)), those come
+    too: the columns are then (value name, configuration...) with the value names metric, *_ci_low and
+    *_ci_high. Each cell is one run: repeated runs of a configuration raise ValueError (use latest(df)).
     """
     from runner.report import configuration  # report imports this module; import here to avoid a cycle
 
-    values = [metric] + [c for c in (f"{metric}_ci95_low", f"{metric}_ci95_high") if c in df]
+    values = [metric] + [c for c in (f"{metric}_ci_low", f"{metric}_ci_high") if c in df]
     if len(values) == 2:  # half an interval is not an interval
         values = [metric]
     df = df.assign(configuration=df.apply(configuration, axis=1) if len(df) else [])
