@@ -9,9 +9,12 @@ runner called it.
 
 from __future__ import annotations
 
+import json
+import struct
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 
@@ -118,3 +121,23 @@ class Engine(ABC):
 def now() -> float:
     """The one clock every timestamp uses: monotonic, high resolution, in seconds."""
     return time.perf_counter()
+
+
+def safetensors_bytes(model_dir: str) -> Optional[int]:
+    """Bytes of every tensor in the directory's safetensors files, read from their headers (no loading).
+
+    For engines whose weights cannot be summed from here (vLLM's live in its engine-core process) or whose
+    modules also hold scratch buffers (ExLlamaV2): the checkpoint is what they load, packed GPTQ int32
+    tensors counted at their real size.
+    """
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for path in files:
+        with open(path, "rb") as fh:
+            header_len = struct.unpack("<Q", fh.read(8))[0]
+            header = json.loads(fh.read(header_len))
+        total += sum(end - start for key, meta in header.items() if key != "__metadata__"
+                     for start, end in [meta["data_offsets"]])
+    return total

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import gc
 import itertools
-import json
 import os
-import struct
 from pathlib import Path
 from typing import Any, Optional
 
 from engines import require
-from engines.base import Engine, Generation, SamplingSpec, now
+from engines.base import Engine, Generation, SamplingSpec, now, safetensors_bytes
 
 MIB = 2**20
 GPTQ_VARIANT = "gptq-w4g128"  # 4-bit, group size 128, symmetric, desc_act=False (runner/gptq.py makes it)
@@ -30,25 +28,6 @@ _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8": 1, "fp8_e4m3":
 def has_tokenizer(model_dir: str) -> bool:
     """Random-weight models are saved without one; vLLM must then skip tokenizer init (ids in, ids out)."""
     return any((Path(model_dir) / name).exists() for name in TOKENIZER_FILES)
-
-
-def safetensors_bytes(model_dir: str) -> Optional[int]:
-    """Bytes of every tensor in the directory's safetensors files, read from their headers (no loading).
-
-    The weights live in vLLM's engine-core process, so the parent cannot sum parameters; the checkpoint
-    is what vLLM loads (packed GPTQ int32 tensors count their real bytes).
-    """
-    files = sorted(Path(model_dir).glob("*.safetensors"))
-    if not files:
-        return None
-    total = 0
-    for path in files:
-        with open(path, "rb") as fh:
-            header_len = struct.unpack("<Q", fh.read(8))[0]
-            header = json.loads(fh.read(header_len))
-        total += sum(end - start for key, meta in header.items() if key != "__metadata__"
-                     for start, end in [meta["data_offsets"]])
-    return total
 
 
 class VLLMEngine(Engine):
