@@ -94,10 +94,8 @@ def add_roofline(ax, group: pd.DataFrame, palette: dict) -> None:
     """
     if "mbu_table" not in group or "decode_tok_s" not in group:
         return
-    for name, runs in group.dropna(subset=["mbu_table", "decode_tok_s"]).groupby("configuration"):
-        runs = runs.sort_values("batch_size")
-        ax.plot(runs["batch_size"], runs["decode_tok_s"] / runs["mbu_table"], linestyle="--",
-                color=palette[name], alpha=0.7)
+    _lines(ax, group.dropna(subset=["mbu_table", "decode_tok_s"]), lambda runs: runs["decode_tok_s"] / runs["mbu_table"],
+           palette, linestyle="--", marker=None, alpha=0.7)
 
 
 def latency_percentiles(df: pd.DataFrame, palette: dict, path: Path) -> Path:
