@@ -3,14 +3,14 @@
 #   bash scripts/gpu_suite.sh STAGE [STAGE...]
 # Stages (each fits one 10-minute device call; state lives in /tmp while the machine stays warm):
 #   install   unpack the carried wheels and the prebuilt CUDA llama.cpp into /tmp/site
-#   tests     the GPU-marked tests
+#   tests     the GPU-marked tests (TESTS_K: a pytest -k filter; TESTS_TIMEOUT_S: default 540)
 #   smollm2   engines x batch 1/4/16 on SmolLM2-135M (HF fp16, bnb int8/nf4, llama.cpp, CTranslate2)
 #   llama7b-hf, llama7b-llamacpp, llama7b-ct2
 #             the same on a Llama-2-7B-shaped random-weights model (built and converted on first use)
 #   seed-ENGINE  the seed table (issue 5) for one engine option of conf/engine (hf, hf_int8, hf_nf4,
 #             exllamav2, ctranslate2, llamacpp, vllm, vllm_gptq): Llama-2-7B shapes, ShareGPT prompts,
-#             200 new tokens forced, batch 1/4/16/64, one batch of prompts per point (dataset.limit =
-#             batch size), warmed up on it, then measured SEED_REPS times
+#             200 new tokens forced, batch 1/4/16/64 (SEED_BATCHES), one batch of prompts per point
+#             (dataset.limit = batch size), warmed up on it, then measured SEED_REPS times
 #   repeat    the seed's llama.cpp batch-16 point again (resume=false): its tok/s against the first run's CI
 #   serving   vLLM's OpenAI server on the Llama-2-7B shape, open-loop Poisson load at 4 / 16 / inf req/s,
 #             ShareGPT prompts, 200 tokens forced, SLOs TTFT 1 s and TPOT 50 ms for goodput
@@ -56,7 +56,9 @@ for stage in "$@"; do
       nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
       python3 -m pip list --path /tmp/site 2>/dev/null | grep -iE "^(vllm|exllamav2|llama.cpp|ctranslate2|bitsandbytes|hydra-core) " ;;
     tests)
-      python -m pytest -q -m gpu tests 2>&1 | tee "$OUT/gpu-tests.log" | tail -n 30 ;;
+      # -v with unbuffered output: a test cut by the timeout still leaves the lines of the ones before it
+      timeout "${TESTS_TIMEOUT_S:-540}" python -m pytest -v -rs -m gpu tests ${TESTS_K:+-k "$TESTS_K"} 2>&1 \
+        | tee "$OUT/gpu-tests.log" | grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|Error" | tail -n 40 ;;
     smollm2) hf smollm2-135m; llamacpp smollm2-135m; ct2 smollm2-135m ;;
     smollm2-*) ${stage#smollm2-} smollm2-135m ;;
     repeat)
@@ -69,7 +71,7 @@ for stage in "$@"; do
       TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 -c "import exllamav2, exllamav2.ext; print('exllamav2', exllamav2.__version__)" 2>&1 | tail -n 3 ;;
     seed-*)
       COMMON="model=llama2-7b-random dataset=sharegpt dataset.limit=\${batch_size} generation.max_new_tokens=200 measure.repetitions=${SEED_REPS:-3}"
-      sweep "seed-${stage#seed-}" engine="${stage#seed-}" batch_size=1,4,16,64 ;;
+      sweep "seed-${stage#seed-}" engine="${stage#seed-}" batch_size="${SEED_BATCHES:-1,4,16,64}" ;;
     llama7b-*) COMMON="dataset.limit=16 generation.max_new_tokens=32"; ${stage#llama7b-} llama2-7b-random ;;
     pack)
       python -m runner.report "$RUNS" --csv "$OUT/gpu-table.csv" > "$OUT/gpu-table.md"; cat "$OUT/gpu-table.md"
