@@ -220,6 +220,10 @@ class ServingConfig:
     time_limit_s: float = 600.0  # no request is sent, and none still runs, past this
     warmup_requests: int = 1  # sent one at a time before timing, never recorded
     seed: int = 0  # arrival times
+    # Ramp (vLLM benchmark_serving's --ramp-up-strategy): the rate rises from ramp_start_rate to request_rate
+    # with each request's position in the run. None: every request at request_rate.
+    ramp: Optional[str] = None  # None | linear | exponential
+    ramp_start_rate: Optional[float] = None  # requests/s of the first request; needed with ramp
     slo_ttft_ms: Optional[float] = None  # goodput: a request is good when it meets every SLO that is set
     slo_tpot_ms: Optional[float] = None
     slo_e2el_ms: Optional[float] = None

@@ -1,5 +1,7 @@
 """A report directory from run records: report.md (seed-style tables, environment), PNG plots, results.csv.
 
+Offline runs get the batch tables below; scenario=serving runs their own table (runner.serving.report).
+
     python -m runner.report outputs/multirun/2026-11-22/ [more paths or globs] [--baseline engine_name=hf]
                             [--out DIR] [--csv table.csv]
 
@@ -117,17 +119,38 @@ def failures(df: pd.DataFrame) -> str:
 
 
 def report_markdown(df: pd.DataFrame, paths: list[str], superseded: int, baseline: str | None,
-                    plots: list[Path]) -> str:
-    """The whole report.md for the rows of df (latest run per configuration, with `configuration`)."""
-    ok = df["status"] == "ok"
-    started = df["started_at"].dropna()
+                    plots: list[Path], serving: pd.DataFrame | None = None) -> str:
+    """The whole report.md for the offline rows of df (latest run per configuration, with `configuration`)
+    and the serving rows (runner.serving.report); either may be empty."""
+    from runner.serving.report import PLOT_CAPTION, PLOT_NAME, serving_section
+
+    serving = serving if serving is not None else df.iloc[0:0]
+    runs = pd.concat([f for f in (df, serving) if not f.empty] or [df], ignore_index=True)
+    ok = runs["status"] == "ok"
+    started = runs["started_at"].dropna()
     span = f", {started.min():%Y-%m-%d %H:%M} to {started.max():%Y-%m-%d %H:%M} UTC" if len(started) else ""
     parts = [
-        f"# Benchmark report: {', '.join(sorted(df['model_name'].unique()))}",
-        f"{len(df)} runs ({ok.sum()} ok, {(~ok).sum()} failed) from the records under "
+        f"# Benchmark report: {', '.join(sorted(runs['model_name'].unique()))}",
+        f"{len(runs)} runs ({ok.sum()} ok, {(~ok).sum()} failed) from the records under "
         f"{', '.join(f'`{p}`' for p in paths)}{span}. Each row is the latest run of its configuration"
         + (f" ({superseded} older runs of the same configurations left out)" if superseded else "")
         + ". Made by `python -m runner.report`, which reads the records and measures nothing.",
+    ]
+    if not df.empty:
+        parts += offline_sections(df, baseline)
+    if not serving.empty:
+        parts.append(serving_section(serving))
+    if plots:
+        parts.append("## Plots (successful runs only)")
+        captions = {**PLOT_CAPTIONS, PLOT_NAME: PLOT_CAPTION}
+        parts += [f"![{p.stem}]({p.name})\n\n{captions.get(p.name, '')}" for p in plots]
+    parts += ["## Environment", environment(runs), "Full precision values, one row per run: `results.csv`."]
+    return "\n\n".join(parts) + "\n"
+
+
+def offline_sections(df: pd.DataFrame, baseline: str | None) -> list[str]:
+    ok = df["status"] == "ok"
+    parts = [
         "## Workload", markdown(df.loc[ok, [c for c in WORKLOAD if c in df]].drop_duplicates()
                                 .rename(columns=WORKLOAD)),
         "## Results",
@@ -144,11 +167,7 @@ def report_markdown(df: pd.DataFrame, paths: list[str], superseded: int, baselin
               markdown(table(df, LATENCY_COLUMNS))]
     if (~ok).any():
         parts += ["## Failed runs", failures(df)]
-    if plots:
-        parts.append("## Plots (successful runs only)")
-        parts += [f"![{p.stem}]({p.name})\n\n{PLOT_CAPTIONS.get(p.name, '')}" for p in plots]
-    parts += ["## Environment", environment(df), "Full precision values, one row per run: `results.csv`."]
-    return "\n\n".join(parts) + "\n"
+    return parts
 
 
 def prepare(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
@@ -162,16 +181,19 @@ def prepare(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
 
 
 def write_report(rows: pd.DataFrame, out: Path, paths: list[str], superseded: int = 0,
-                 baseline: str | None = None) -> list[Path]:
-    """report.md, results.csv and the plots of prepare()'s rows, written into `out`; returns the files."""
+                 baseline: str | None = None, serving: pd.DataFrame | None = None) -> list[Path]:
+    """report.md, results.csv and the plots of prepare()'s rows and the serving rows, written into `out`."""
     from runner.plots import write_plots  # matplotlib only when a report is written
+    from runner.serving.report import serving_plots
 
     out.mkdir(parents=True, exist_ok=True)
-    plots = write_plots(rows, out)
+    serving = serving if serving is not None else rows.iloc[0:0]
+    plots = (write_plots(rows, out) if not rows.empty else []) + serving_plots(serving, out)
     report = out / "report.md"
-    report.write_text(report_markdown(rows, paths, superseded, baseline, plots), encoding="utf-8")
+    report.write_text(report_markdown(rows, paths, superseded, baseline, plots, serving), encoding="utf-8")
     # The records keep the raw samples and tracebacks; the report stays small enough to commit.
-    csv = export(rows.drop(columns=[*RAW_SAMPLE_COLUMNS, "traceback"], errors="ignore"), out / "results.csv")
+    runs = pd.concat([f for f in (rows, serving) if not f.empty] or [rows], ignore_index=True)
+    csv = export(runs.drop(columns=[*RAW_SAMPLE_COLUMNS, "traceback"], errors="ignore"), out / "results.csv")
     return [report, csv, *plots]
 
 
@@ -181,22 +203,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", help="runs to divide throughput by, per model and batch size, "
                                            "e.g. engine_name=hf or engine_name=hf,quantization=none")
     parser.add_argument("--out", type=Path, help="report directory (default: <first path>/report, or report/)")
-    parser.add_argument("--csv", help="also write the main table as CSV here")
+    parser.add_argument("--csv", help="also write the main table as CSV here (serving runs: their table; with "
+                                      "both kinds, the serving table goes beside it as <name>.serving.csv)")
     args = parser.parse_args(argv)
     df = load_results(args.paths)
     if df.empty:
         print(f"no records under {' '.join(args.paths)}", file=sys.stderr)
         return 1
+    from runner.serving.report import is_serving, latest_serving, serving_markdown, serving_table
+
+    serving = latest_serving(df[is_serving(df)])
+    offline = df[~is_serving(df)]
     try:
-        rows = prepare(df, args.baseline)
+        rows = prepare(offline, args.baseline) if not offline.empty else offline
     except ValueError as exc:  # a baseline that matches nothing, or several runs per model and batch size
         parser.error(str(exc))
     first = Path(args.paths[0])
     out = args.out or (first / "report" if first.is_dir() else Path("report"))
-    files = write_report(rows, out, args.paths, len(df) - len(rows), args.baseline)
-    print(markdown(table(rows)))
-    if args.csv:
-        table(rows).to_csv(args.csv, index=False)
+    files = write_report(rows, out, args.paths, len(df) - len(rows) - len(serving), args.baseline, serving)
+    csv = Path(args.csv) if args.csv else None
+    if not rows.empty:
+        print(markdown(table(rows)))
+        if csv:
+            table(rows).to_csv(csv, index=False)
+            csv = csv.with_suffix(".serving.csv")
+    if not serving.empty:
+        print(serving_markdown(serving))
+        if csv:
+            serving_table(serving).to_csv(csv, index=False)
     print(f"report: {', '.join(str(f) for f in files)}")
     return 0
 

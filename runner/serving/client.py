@@ -98,16 +98,42 @@ async def stream_completion(session, url: str, body: dict[str, Any], result: Req
     return result
 
 
-def arrival_gaps_s(count: int, request_rate: float, burstiness: float, seed: int) -> list[float]:
+RAMPS = ("linear", "exponential")
+
+
+def target_rates_rps(count: int, request_rate: float, ramp: Optional[str] = None,
+                     ramp_start_rate: Optional[float] = None) -> list[float]:
+    """The rate each request is scheduled at: ``request_rate``, or with a ramp rising from ``ramp_start_rate``.
+
+    As vLLM's ``--ramp-up-strategy``, the ramp follows the request's position in the run, progress
+    p = i / (count - 1): linear ``start + (end - start) * p``, exponential ``start * (end / start) ** p``.
+    In wall time a linear ramp therefore lingers at the low rates (their gaps are longer).
+    """
+    if ramp is None:
+        return [request_rate] * count
+    progress = np.arange(count) / max(count - 1, 1)
+    if ramp == "linear":
+        rates = ramp_start_rate + (request_rate - ramp_start_rate) * progress
+    elif ramp == "exponential":
+        rates = ramp_start_rate * (request_rate / ramp_start_rate) ** progress
+    else:
+        raise ValueError(f"ramp={ramp!r}: expected one of {RAMPS} or None")
+    return rates.tolist()
+
+
+def arrival_gaps_s(count: int, request_rate: float, burstiness: float, seed: int, ramp: Optional[str] = None,
+                   ramp_start_rate: Optional[float] = None) -> list[float]:
     """Seconds to wait before each request: gamma(shape=burstiness, mean=1/rate), vLLM's benchmark_serving.
 
-    burstiness 1 gives exponential gaps (a Poisson process); rate inf sends everything at once.
+    burstiness 1 gives exponential gaps (a Poisson process); rate inf sends everything at once. With a ramp
+    each gap's mean is 1 / that request's target rate (target_rates_rps).
     """
     if request_rate == float("inf"):
         return [0.0] * count
     rng = np.random.default_rng(seed)
-    theta = 1.0 / (request_rate * burstiness)
-    return rng.gamma(shape=burstiness, scale=theta, size=count).tolist()
+    rates = np.asarray(target_rates_rps(count, request_rate, ramp, ramp_start_rate))
+    # The same draws as one scalar scale: the seed gives the same gaps with or without the array.
+    return rng.gamma(shape=burstiness, scale=1.0 / (rates * burstiness)).tolist()
 
 
 async def run_load(url: str, bodies: list[dict[str, Any]], input_tokens: list[int], gaps_s: list[float],

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
-import time
 import traceback
 import uuid
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 from runner.config import BenchConfig
 from runner.environment import environment
 from runner.records import RECORD_NAME, flatten, write_json_atomic
-from runner.serving.client import arrival_gaps_s, request_body, run_load
+from runner.serving.client import arrival_gaps_s, request_body, run_load, target_rates_rps
 from runner.serving.metrics import request_samples, summarize_serving
 from runner.serving.plan import ServingWorkload, is_loopback
 from runner.serving.server import ServerProcess, free_loopback_port, models_ready
@@ -61,7 +60,12 @@ def execute(cfg: BenchConfig, work: ServingWorkload, run_dir: Path, overrides: l
             failed = [r.error for r in warm if not r.ok]
             if failed:
                 raise RuntimeError(f"warm-up request failed: {failed[0]}")
-        gaps = arrival_gaps_s(len(work.prompts), cfg.serving.request_rate, cfg.serving.burstiness, cfg.serving.seed)
+        serving = cfg.serving
+        gaps = arrival_gaps_s(len(work.prompts), serving.request_rate, serving.burstiness, serving.seed,
+                              serving.ramp, serving.ramp_start_rate)
+        # JSON has no infinity: "all at once" has no per-request rate
+        rates = (None if math.isinf(serving.request_rate) else
+                 target_rates_rps(len(work.prompts), serving.request_rate, serving.ramp, serving.ramp_start_rate))
         if server:
             server.start_memory_sampler()
         results, start, end = asyncio.run(run_load(url, bodies(work.prompts), [len(p) for p in work.prompt_ids],
@@ -69,10 +73,9 @@ def execute(cfg: BenchConfig, work: ServingWorkload, run_dir: Path, overrides: l
         if server:  # device memory: whole-device NVML peak during the load (absolute, not minus a baseline)
             record.update(server.stop_memory_sampler())
             record["host_peak_rss_mib"] = record["server_peak_rss_mib"]
-        serving = cfg.serving
         record.update(summarize_serving(results, end - start, serving.slo_ttft_ms, serving.slo_tpot_ms,
                                         serving.slo_e2el_ms))
-        record["request_samples"] = request_samples(results)
+        record["request_samples"] = request_samples(results, start, rates)
         errors = sorted({r.error for r in results if not r.ok})
         record["request_errors"] = errors[:5]
         if record["completed_requests"] == 0:
@@ -133,6 +136,8 @@ def _print(record: dict[str, Any]) -> None:
     if record["status"] != "ok":
         return
     rate = record.get("serving_request_rate")
+    if record.get("serving_ramp"):
+        rate = f"{record['serving_ramp']} ramp {record['serving_ramp_start_rate']}→{rate}"
     print(f"serving · {record.get('server_backend')} · rate {rate}/s · concurrency "
           f"{record.get('serving_max_concurrency') or '∞'}: {record['completed_requests']} ok, "
           f"{record['failed_requests']} failed in {record['measured_s']:.2f} s; "

@@ -11,6 +11,7 @@ set, as a share of all requests and per second.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -82,11 +83,20 @@ def summarize_serving(results: list[RequestResult], duration_s: float, slo_ttft_
     }
 
 
-def request_samples(results: list[RequestResult]) -> list[dict[str, Any]]:
-    """Raw per-request rows kept on the record (failed ones with their error)."""
+def request_samples(results: list[RequestResult], start: float,
+                    target_rates_rps: Optional[Sequence[float]] = None) -> list[dict[str, Any]]:
+    """Raw per-request rows kept on the record (failed ones with their error).
+
+    ``sent_s``: when the request went out, seconds after the measured phase began at ``start`` (None if never
+    sent); with max_concurrency that can be later than its arrival time. ``target_rate_rps``: the rate its
+    arrival was drawn at (a ramp's rate at that point), so latency can be binned by offered load.
+    """
     rows = []
     for r in results:
-        row: dict[str, Any] = {"index": r.index, "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
+        sent_s = None if math.isnan(r.sent_at) else r.sent_at - start
+        row: dict[str, Any] = {"index": r.index, "sent_s": sent_s,
+                               "target_rate_rps": None if target_rates_rps is None else target_rates_rps[r.index],
+                               "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
                                "ok": r.ok, "error": r.error, "finish_reason": r.finish_reason,
                                "token_count_source": r.token_count_source,
                                "chunks": len(r.chunk_times)}

@@ -10,6 +10,7 @@ from typing import Union
 
 from runner.config import BenchConfig, ConfigError
 from runner.serving.backends import Backend, backend_for
+from runner.serving.client import RAMPS
 
 
 def validate_serving(cfg: BenchConfig) -> None:
@@ -25,6 +26,7 @@ def validate_serving(cfg: BenchConfig) -> None:
             raise ConfigError(f"serving.{key}={getattr(serving, key)}: must be greater than 0")
     if math.isinf(serving.time_limit_s):
         raise ConfigError("serving.time_limit_s=inf: every serving run is bounded; give seconds")
+    _validate_ramp(serving)
     if serving.max_concurrency is not None and serving.max_concurrency < 1:
         raise ConfigError(f"serving.max_concurrency={serving.max_concurrency}: must be >= 1, or null (no limit)")
     if serving.warmup_requests < 0:
@@ -42,6 +44,22 @@ def validate_serving(cfg: BenchConfig) -> None:
         if not server.model:
             raise ConfigError("server.model: needed with server.url (the model name the server lists at /v1/models)")
     backend_for(cfg)  # an engine without a server fails here, listing the ones that have one
+
+
+def _validate_ramp(serving) -> None:
+    if serving.ramp is None:
+        if serving.ramp_start_rate is not None:  # a forgotten serving.ramp would silently run at one rate
+            raise ConfigError(f"serving.ramp_start_rate={serving.ramp_start_rate}: only with serving.ramp "
+                              f"({', '.join(RAMPS)})")
+        return
+    if serving.ramp not in RAMPS:
+        raise ConfigError(f"serving.ramp={serving.ramp}: unknown; valid choices: {', '.join(RAMPS)}, or null (no ramp)")
+    if math.isinf(serving.request_rate):
+        raise ConfigError(f"serving.ramp={serving.ramp}: needs a finite serving.request_rate (the rate it ends at)")
+    start = serving.ramp_start_rate
+    if start is None or not 0 < start < serving.request_rate:
+        raise ConfigError(f"serving.ramp_start_rate={start}: serving.ramp={serving.ramp} needs a start rate "
+                          f"> 0 and < serving.request_rate={serving.request_rate} requests/s")
 
 
 def is_loopback(url: str) -> bool:

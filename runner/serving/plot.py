@@ -13,7 +13,8 @@ from typing import Union
 import pandas as pd
 
 # What tells one sweep line from another (the request rate is the point along the line).
-LINE_KEYS = ("engine_name", "model_name", "server_backend", "serving_max_concurrency", "serving_burstiness")
+LINE_KEYS = ("engine_name", "model_name", "server_backend", "serving_max_concurrency", "serving_burstiness",
+             "serving_ramp")  # a ramp's request_rate is where it ends: its own line, not a point of a sweep
 
 
 def rate_sweep_table(df: pd.DataFrame, latency: str = "e2el_ms_p95") -> pd.DataFrame:
