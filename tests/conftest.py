@@ -30,6 +30,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def pytest_runtest_logreport(report):
+    """LLM_BENCH_INSTANT_FAILURES=1: print a failure's traceback at once (the GPU suite's calls have a hard time
+    limit, and pytest's end-of-session summary is lost when a call is cut)."""
+    if report.failed and os.environ.get("LLM_BENCH_INSTANT_FAILURES"):
+        print(f"\n--- {report.nodeid} ({report.when}) failed:\n{report.longreprtext[-4000:]}", flush=True)
+
+
 @pytest.fixture(scope="session")
 def cache_dir() -> str:
     """The converted-model cache shared by all tests (and by users of this machine): convert once."""
