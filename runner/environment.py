@@ -99,10 +99,10 @@ def environment(engine_packages: tuple[str, ...] = ()) -> dict[str, Any]:
     """Flat ``env_*`` fields describing the machine and software of this run."""
     import torch
 
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
-    if commit is None:  # a copy of the tree without .git (e.g. the GPU machine): the caller may say which
-        commit = os.environ.get("LLM_BENCH_GIT_COMMIT")
+    # The caller may say which commit this tree is: a copy of the tree (the GPU machine's) can carry a stale
+    # .git whose HEAD is not the code that runs. Then "dirty" is unknown.
+    commit = os.environ.get("LLM_BENCH_GIT_COMMIT") or _git("rev-parse", "HEAD")
+    status = None if os.environ.get("LLM_BENCH_GIT_COMMIT") else _git("status", "--porcelain", "--untracked-files=no")
     env = {
         "env_hostname_hash": hashlib.sha256(socket.gethostname().encode()).hexdigest()[:12],
         "env_platform": platform.platform(),

@@ -16,7 +16,9 @@
 #             ShareGPT prompts, 200 tokens forced, SLOs TTFT 1 s and TPOT 50 ms for goodput
 #   exl2-build  compile ExLlamaV2's CUDA extension (JIT, ~2 min; cached while the machine stays warm)
 #   pack      tables and records of every run so far into $OUT (end each call with it: $OUT is emptied)
+# Give every call LLM_BENCH_GIT_COMMIT=<the commit you carried>: the device's copy of .git may lag the tree.
 set -uo pipefail
+[ -n "${LLM_BENCH_GIT_COMMIT:-}" ] || echo "warning: LLM_BENCH_GIT_COMMIT unset; records take the copy's .git HEAD" >&2
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1

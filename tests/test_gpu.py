@@ -46,5 +46,9 @@ def test_cli_records_device_memory_on_the_gpu(run_cli, tmp_path):
     row = load_results(tmp_path / "outputs").iloc[0]
     assert row["device"] == "cuda" and row["dtype"] == "float16"  # row.dtype is the Series' own
     assert row.torch_peak_allocated_mib > row.weights_mib > 200
-    assert row.device_peak_used_mib > row.weights_mib
+    # Our processes' own NVML figure: the device-wide one also moves with what other processes free meanwhile
+    # (on the device, probably the pytest process freeing an earlier test's engine: 64 MiB seen for 257 MiB of
+    # weights on 2026-11-22).
+    assert row.device_peak_process_mib > row.weights_mib
+    assert row.device_peak_used_mib is not None and not row.device_memory_note
     assert row.env_gpu and row.env_gpu_driver and row.env_cuda

@@ -120,3 +120,16 @@ def test_energy_fields_by_hand():
     meter.stop()
     if meter.source is None:
         assert meter.fields(10, 1.0)["energy_note"]
+
+
+def test_provenance_names_the_commit_and_a_given_commit_wins_over_a_stale_git(monkeypatch):
+    import subprocess
+
+    from runner.environment import PROJECT_ROOT, environment
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout.strip()
+    env = environment()
+    assert env["env_git_commit"] == head and env["env_git_dirty"] in (True, False)
+    monkeypatch.setenv("LLM_BENCH_GIT_COMMIT", "0123abc")  # the GPU machine's copy: its .git may lag
+    env = environment()
+    assert env["env_git_commit"] == "0123abc" and env["env_git_dirty"] is None
