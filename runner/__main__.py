@@ -51,6 +51,10 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         bench = to_bench_config(cfg)
+        if bench.scenario == "offline":
+            from runner.isolation import prestart_worker
+
+            prestart_worker(bench)  # isolation=worker: the worker imports while this process plans
         work = plan(bench)
     except ConfigError as exc:
         _discard_scaffolding(run_dir)

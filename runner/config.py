@@ -206,6 +206,9 @@ class MeasureConfig:
     repetitions: int = 1  # the measured batches, all of them, this many times (warm-up once, before the first)
     min_duration_s: float = 0.0  # and more repetitions until the measured time reaches this (0: no minimum)
     perplexity_prompts: int = 4  # perplexity over the first prompts of the run, after timing (0: off)
+    # isolation=worker: a point whose engine an earlier point already loaded and ran warms up with this many
+    # new tokens (its batch shape gets a first call; compilation and caches settled before). null: full length.
+    reused_warmup_tokens: Optional[int] = 4
 
 
 # ---------------------------------------------------------------- serving (scenario=serving)
@@ -321,6 +324,8 @@ def validate(cfg: BenchConfig) -> None:
     if cfg.generation.temperature < 0:
         raise ConfigError(f"generation.temperature={cfg.generation.temperature}: must be >= 0")
     _positive("measure.repetitions", cfg.measure.repetitions)
+    if cfg.measure.reused_warmup_tokens is not None:
+        _positive("measure.reused_warmup_tokens", cfg.measure.reused_warmup_tokens)
     for key in ("dataset.offset", "measure.warmup_batches", "measure.agreement_prompts", "measure.min_duration_s",
                 "measure.perplexity_prompts"):
         group, name = key.split(".")

@@ -5,7 +5,8 @@ isolation=process (default): a fresh 'spawn' child per run. Nothing carries over
   engine costs one row, not the sweep. The parent blocks in Connection.poll(timeout_s); no busy-wait.
 isolation=worker: the fast grid. One child per (engine config, model) key stays alive across the jobs of a
   multirun (Hydra's basic launcher calls main() once per job in one process) and keeps the model loaded;
-  each point only warms up and times its batches. Peaks are reset per point (runner/memory.py: VmHWM via
+  each point only warms up and times its batches (prompt log-probs for perplexity, the same at every point,
+  are computed once). Peaks are reset per point (runner/memory.py: VmHWM via
   clear_refs, the device sampler's baseline, torch's peak counters). A point after the first records
   load_s of ~0 and engine_reused=true. A different key, a failure or a timeout ends the worker.
 isolation=none: in this process (debugging, profilers); a crash ends the sweep.
@@ -39,14 +40,25 @@ class KeptEngine:
     def __init__(self, engine: Any):
         self._engine = engine
         self.loaded_path: Optional[str] = None
+        self.warm = False  # an earlier point ran this engine (runner.measure shortens its warm-up)
+        self._logprobs: dict[tuple, list[list[float]]] = {}
 
     def load(self, model_path: str) -> None:
         if self.loaded_path != model_path:
             self._engine.load(model_path)
             self.loaded_path = model_path
+            self._logprobs.clear()
+            self.warm = False
 
     def close(self) -> None:  # the worker closes the real engine when it ends
         pass
+
+    def prompt_logprobs(self, prompts: list[list[int]]) -> list[list[float]]:
+        """The same model scores the same prompts the same way at every point: score them once per worker."""
+        key = tuple(map(tuple, prompts))
+        if key not in self._logprobs:
+            self._logprobs[key] = self._engine.prompt_logprobs(prompts)
+        return self._logprobs[key]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
@@ -63,9 +75,16 @@ def _child_setup() -> None:
         pass  # not Linux: a dead parent leaves the child until its run ends
 
 
-def _serve(conn: Connection, keep_engine: bool) -> None:
+def _serve(conn: Connection, keep_engine: bool, preload: tuple[str, ...] = ()) -> None:
     """Child main loop: receive (cfg, work, run_dir, overrides), send back the record; None ends it."""
     _child_setup()
+    import importlib
+
+    for module in preload:  # imported while the parent still plans the first point (prestart_worker)
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass  # the job itself reports a missing package, with the pip command that fixes it
     from runner.run import run_point
 
     kept: Optional[KeptEngine] = None
@@ -80,6 +99,8 @@ def _serve(conn: Connection, keep_engine: bool) -> None:
                 if keep_engine and kept is None:
                     kept = KeptEngine(work.engine_cls(cfg.engine))
                 record = run_point(cfg, work, run_dir, overrides, engine=kept)
+                if kept is not None:
+                    kept.warm = record.get("status") == "ok"
                 record["engine_reused"] = points_served > 0  # load_s ~0: the model was already loaded
             except BaseException as exc:  # run_point keeps its own errors; this is a bug around it
                 record = {"status": "error", "error": f"{type(exc).__name__}: {exc}",
@@ -121,9 +142,10 @@ class _Child:
         self.kill()
 
 
-def _start(keep_engine: bool, key: Optional[str]) -> _Child:
+def _start(keep_engine: bool, key: Optional[str], preload: tuple[str, ...] = ()) -> _Child:
     parent_conn, child_conn = _SPAWN.Pipe()
-    process = _SPAWN.Process(target=_serve, args=(child_conn, keep_engine), daemon=False, name="bench-run")
+    process = _SPAWN.Process(target=_serve, args=(child_conn, keep_engine, preload), daemon=False,
+                             name="bench-run")
     process.start()
     child_conn.close()
     return _Child(process, parent_conn, key)
@@ -186,6 +208,22 @@ def _run_in_child(child: _Child, job: tuple, timeout_s: Optional[float]) -> tupl
             return record, record.get("status") == "ok"
         if not child.process.is_alive():
             return _describe_exit(child.process.exitcode), False
+
+
+def prestart_worker(cfg: BenchConfig) -> None:
+    """isolation=worker: start the point's worker now, so that its imports (torch, transformers, the engine:
+    seconds) overlap the parent's planning of the first point instead of following it. Nothing is timed yet."""
+    global _worker
+    if cfg.isolation != "worker":
+        return
+    key = worker_key(cfg)
+    if _worker is not None and _worker.key == key and _worker.process.is_alive():
+        return
+    shutdown_worker()
+    from engines import ENGINES
+
+    engine_module = ENGINES.get(cfg.engine.name, "").split(":")[0]
+    _worker = _start(keep_engine=True, key=key, preload=tuple(filter(None, ("torch", "transformers", engine_module))))
 
 
 def run_isolated(cfg: BenchConfig, work: Any, run_dir: Path, overrides: list[str]) -> dict[str, Any]:

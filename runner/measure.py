@@ -6,7 +6,7 @@ around the measured repetitions; perplexity and the roofline's peak measurements
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
@@ -87,6 +87,15 @@ def measure_repeated(engine: Engine, batches: list[list[list[int]]], sampling: S
     return batch_samples, request_samples
 
 
+def _warmup_sampling(cfg: "BenchConfig", sampling: SamplingSpec, engine: Engine) -> SamplingSpec:
+    """Full length, except for an engine a worker already ran (isolation=worker, measure.reused_warmup_tokens):
+    then a few tokens give the new batch shape its first prefill and decode calls, at a fraction of the cost."""
+    short = cfg.measure.reused_warmup_tokens
+    if getattr(engine, "warm", False) and short is not None and short < sampling.max_new_tokens:
+        return replace(sampling, max_new_tokens=short)
+    return sampling
+
+
 def measure_run(cfg: "BenchConfig", work: "Workload", engine: Engine, model_path: str) -> dict[str, Any]:
     """Load the model, warm up, time every batch; the measured fields of the record."""
     host, sampler, energy = HostPeak(), MemorySampler(cfg.measure.memory_sample_hz), EnergyMeter()
@@ -99,7 +108,8 @@ def measure_run(cfg: "BenchConfig", work: "Workload", engine: Engine, model_path
         engine.synchronize()
         load_s = now() - start
         batches = chunk(work.prompts, cfg.batch_size)
-        warm_up(engine, batches, work.sampling, cfg.measure.warmup_batches)
+        warmup_sampling = _warmup_sampling(cfg, work.sampling, engine)
+        warm_up(engine, batches, warmup_sampling, cfg.measure.warmup_batches)
         engine.reset_peak_memory()
         energy.start()
         region_start = now()
@@ -125,6 +135,7 @@ def measure_run(cfg: "BenchConfig", work: "Workload", engine: Engine, model_path
         "torch_peak_reserved_mib": None,
         **engine.device_memory(),
         "measured_region_s": region_s,
+        "warmup_new_tokens": warmup_sampling.max_new_tokens if cfg.measure.warmup_batches else 0,
         **energy.fields(summary["output_tokens"], region_s),
         "batch_samples": [asdict(b) for b in batch_samples],
         "request_samples": [asdict(r) for r in request_samples],

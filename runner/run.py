@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import traceback
 import uuid
 from dataclasses import dataclass
@@ -31,6 +32,26 @@ class Workload:
     sampling: SamplingSpec
 
 
+@functools.lru_cache(maxsize=8)
+def _tokenizer(source: str, kwargs: tuple):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source, **dict(kwargs))
+
+
+_prompt_cache: dict[tuple, list[list[int]]] = {}
+
+
+def _prompts(dataset_key: str, dataset: Any, source: str, kwargs: tuple) -> list[list[int]]:
+    """The slice's token ids, kept for the next points of a multirun (one process runs them all): a grid
+    over batch sizes reads and tokenizes its prompts once. Keyed by the dataset config's repr."""
+    key = (dataset_key, source, kwargs)
+    if key not in _prompt_cache:
+        _prompt_cache.clear()  # one slice at a time is what a grid needs; never grow without bound
+        _prompt_cache[key] = load_prompts(dataset, _tokenizer(source, kwargs))
+    return [list(p) for p in _prompt_cache[key]]
+
+
 def plan(cfg: BenchConfig) -> Workload:
     """Validate the config, read and tokenize the prompts. Raises ConfigError, loads no model weights."""
     if cfg.scenario == "serving":  # requests to an OpenAI-compatible server: runner/serving
@@ -43,11 +64,8 @@ def plan(cfg: BenchConfig) -> Workload:
     except KeyError as exc:
         raise ConfigError(exc.args[0]) from None
     variant = engine_cls.model_variant(cfg.engine)
-    from transformers import AutoTokenizer
-
     source, kwargs = tokenizer_source(cfg.model, cfg.cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    prompts = load_prompts(cfg.dataset, tokenizer)
+    prompts = _prompts(repr(cfg.dataset), cfg.dataset, source, tuple(sorted(kwargs.items())))
     sampling = SamplingSpec(
         max_new_tokens=cfg.generation.max_new_tokens,
         ignore_eos=cfg.generation.ignore_eos,

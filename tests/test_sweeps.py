@@ -81,7 +81,7 @@ def test_worker_figures_equal_isolated_ones(tmp_path, cache_dir):
     rows = {}
     for mode in ("worker", "process"):
         proc = run_runner(tmp_path, cache_dir, "-m", "batch_size=1,2", f"isolation={mode}", "resume=false",
-                          f"outputs_root=outputs/{mode}", *TINY)
+                          f"outputs_root=outputs/{mode}", "measure.reused_warmup_tokens=2", *TINY)
         assert proc.returncode == 0, proc.stderr[-3000:]
         rows[mode] = _records(tmp_path / "outputs" / mode).set_index("batch_size")
     worker, isolated = rows["worker"], rows["process"]
@@ -95,6 +95,8 @@ def test_worker_figures_equal_isolated_ones(tmp_path, cache_dir):
         assert 0.25 < w.batch_latency_ms_p50 / p.batch_latency_ms_p50 < 4
         assert w.host_peak_rss_mib == pytest.approx(p.host_peak_rss_mib, rel=0.3)
     assert worker.loc[2, "load_s"] < 0.5 < isolated.loc[2, "load_s"]
+    # the reused engine's point warms up with measure.reused_warmup_tokens new tokens, the others in full
+    assert list(worker.warmup_new_tokens) == [4, 2] and list(isolated.warmup_new_tokens) == [4, 4]
 
 
 def test_run_past_timeout_is_killed_and_recorded(tmp_path, cache_dir):
