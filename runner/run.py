@@ -42,10 +42,10 @@ def _tokenizer(source: str, kwargs: tuple):
 _prompt_cache: dict[tuple, list[list[int]]] = {}
 
 
-def _prompts(dataset_key: str, dataset: Any, source: str, kwargs: tuple) -> list[list[int]]:
+def _prompts(dataset: Any, source: str, kwargs: tuple) -> list[list[int]]:
     """The slice's token ids, kept for the next points of a multirun (one process runs them all): a grid
     over batch sizes reads and tokenizes its prompts once. Keyed by the dataset config's repr."""
-    key = (dataset_key, source, kwargs)
+    key = (repr(dataset), source, kwargs)
     if key not in _prompt_cache:
         _prompt_cache.clear()  # one slice at a time is what a grid needs; never grow without bound
         _prompt_cache[key] = load_prompts(dataset, _tokenizer(source, kwargs))
@@ -65,7 +65,7 @@ def plan(cfg: BenchConfig) -> Workload:
         raise ConfigError(exc.args[0]) from None
     variant = engine_cls.model_variant(cfg.engine)
     source, kwargs = tokenizer_source(cfg.model, cfg.cache_dir)
-    prompts = _prompts(repr(cfg.dataset), cfg.dataset, source, tuple(sorted(kwargs.items())))
+    prompts = _prompts(cfg.dataset, source, tuple(sorted(kwargs.items())))
     sampling = SamplingSpec(
         max_new_tokens=cfg.generation.max_new_tokens,
         ignore_eos=cfg.generation.ignore_eos,
