@@ -18,6 +18,8 @@ Two decoding paths:
 from __future__ import annotations
 
 import gc
+import json
+from pathlib import Path
 from typing import Any, Optional
 
 from engines import require
@@ -50,6 +52,7 @@ class ExLlamaV2Engine(Engine):
         cfg = self.config
         config = exl2.ExLlamaV2Config(model_path)
         config.arch_compat_overrides()
+        _rope_from_rope_parameters(config)
         config.max_seq_len = cfg.max_seq_len or config.max_seq_len
         # Scratch buffers are sized at load for max_batch_size rows of max_input_len tokens (prefill chunk).
         config.max_batch_size = cfg.max_batch_size
@@ -237,6 +240,24 @@ def _check_intermediate_size(config) -> None:
                            f"MLP to 32); this model has {size}")
 
 
+def _rope_from_rope_parameters(config) -> None:
+    """transformers >= 5 saves RoPE as ``rope_parameters: {rope_theta, rope_type, ...}``; ExLlamaV2 0.3.2 reads
+    only the old top-level ``rope_theta`` / ``rope_scaling`` and silently falls back to theta 10,000. For
+    SmolLM2 (theta 100,000) that wrong theta put its prompt log-probs 0.35 nats/token off HF's on the same
+    weights, so carry the theta over, and refuse a scaled RoPE rather than run it unscaled."""
+    raw = json.loads((Path(config.model_dir) / "config.json").read_text())
+    params = raw.get("rope_parameters")
+    if not isinstance(params, dict) or "rope_theta" in raw or "rope_scaling" in raw:
+        return
+    rope_type = params.get("rope_type", "default")
+    if rope_type != "default":
+        raise RuntimeError(f"the exllamav2 engine cannot read rope_parameters.rope_type={rope_type} from "
+                           f"{config.model_dir}/config.json (ExLlamaV2 0.3.2 reads only the old rope_scaling key); "
+                           f"add rope_scaling with the same fields there")
+    if "rope_theta" in params:
+        config.rotary_embedding_base = float(params["rope_theta"])
+
+
 def _eos_ids(config) -> list[int]:
     """config.json's EOS and generation_config.json's (a list there for chat models)."""
     eos = [getattr(config, "eos_token_id", None)]
@@ -245,9 +266,6 @@ def _eos_ids(config) -> list[int]:
 
 
 def _quantization(config) -> str:
-    import json
-    from pathlib import Path
-
     quant = json.loads((Path(config.model_dir) / "config.json").read_text()).get("quantization_config", {})
     if quant.get("quant_method") == "exl2":
         return f"exl2-{quant.get('bits')}bpw"

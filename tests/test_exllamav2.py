@@ -52,6 +52,25 @@ def test_an_mlp_width_exllamav2_cannot_pad_is_refused_in_one_line():
         _check_intermediate_size(SimpleNamespace(intermediate_size=172))  # tiny-llama
 
 
+def test_the_rope_theta_of_a_transformers_5_config_reaches_exllamav2(tmp_path):
+    """transformers 5 writes rope_parameters; ExLlamaV2 reads rope_theta only (and would use 10,000)."""
+    import json
+    from types import SimpleNamespace
+
+    from engines.exllamav2 import _rope_from_rope_parameters
+
+    def loaded(**raw):
+        (tmp_path / "config.json").write_text(json.dumps(raw))
+        config = SimpleNamespace(model_dir=str(tmp_path), rotary_embedding_base=10000.0)  # ExLlamaV2's fallback
+        _rope_from_rope_parameters(config)
+        return config.rotary_embedding_base
+
+    assert loaded(rope_parameters={"rope_theta": 100000.0, "rope_type": "default"}) == 100000.0  # SmolLM2
+    assert loaded(rope_theta=500000.0, rope_parameters={"rope_theta": 1.0}) == 10000.0  # old key: ExLlamaV2's own
+    with pytest.raises(RuntimeError, match=r"rope_type=llama3 .*add rope_scaling with the same fields there$"):
+        loaded(rope_parameters={"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0})
+
+
 def _engine(path: str, **config):
     engine = get_engine_class("exllamav2")(ExLlamaV2EngineConfig(**config))
     engine.load(path)
