@@ -124,12 +124,13 @@ def summarize(batches: list[BatchSample], requests: list[RequestSample]) -> Summ
 
 
 def headline_uncertainty(batches: list[BatchSample], requests: list[RequestSample]) -> dict:
-    """95 % bootstrap intervals and CVs of the headline figures, and the steady-state verdict.
+    """95 % intervals and CVs of the headline figures, and the steady-state verdict.
 
     output tok/s: with two or more repetitions the unit is a repetition (each measures the same
-    batches, so the spread is run-to-run noise); with one, the unit is a batch (resampled batches,
-    tokens and seconds summed: the spread then includes the prompts' differences too).
+    batches, so the spread is run-to-run noise); with one, the unit is a batch (with enough batches,
+    resampled batches, tokens and seconds summed: the spread then includes the prompts' differences too).
     TTFT and TPOT: the interval of the mean over requests, the CV of the per-request values.
+    Below runner.stats.BOOTSTRAP_MIN_SAMPLES units the interval is Student's t, else the bootstrap.
     """
     reps = sorted({b.repetition for b in batches})
     per_rep = [sum(b.output_tokens for b in batches if b.repetition == r)
@@ -138,8 +139,9 @@ def headline_uncertainty(batches: list[BatchSample], requests: list[RequestSampl
         tok_s, unit = interval(per_rep), "repetition"
     else:
         tok_s, unit = interval([b.output_tokens / (b.latency_ms / 1e3) for b in batches]), "batch"
-        ci = ratio_ci([b.output_tokens for b in batches], [b.latency_ms / 1e3 for b in batches])
-        tok_s.ci_low, tok_s.ci_high = ci if ci else (None, None)
+        if tok_s.method == "bootstrap":
+            ci = ratio_ci([b.output_tokens for b in batches], [b.latency_ms / 1e3 for b in batches])
+            tok_s.ci_low, tok_s.ci_high = ci if ci else (None, None)
     steady, note = steady_state(per_rep)
     fields = {
         "repetitions": len(reps),
@@ -148,6 +150,7 @@ def headline_uncertainty(batches: list[BatchSample], requests: list[RequestSampl
         "output_tok_s_ci_high": tok_s.ci_high,
         "output_tok_s_cv": tok_s.cv,
         "output_tok_s_ci_unit": unit,
+        "output_tok_s_ci_method": tok_s.method,
         "steady_state": steady,
         "steady_state_note": note,
     }

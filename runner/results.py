@@ -84,8 +84,8 @@ def compare(df: pd.DataFrame, metric: str, index: str = "batch_size") -> pd.Data
     """`metric` as a pivot: one row per `index` value, one column per configuration (runner.report.configuration).
 
     When the frame holds several models the columns are (model_name, configuration) pairs. When the records
-    carry a confidence interval for the metric (`<metric>_ci_low` and `<metric>_ci_high`, 95 % bootstrap (runner.stats)), those come
-    too: the columns are then (value name, configuration...) with the value names metric, *_ci_low and
+    carry a confidence interval for the metric (`<metric>_ci_low` and `<metric>_ci_high`: runner.stats.mean_ci),
+    those come too: the columns are then (value name, configuration...) with the value names metric, *_ci_low and
     *_ci_high. Each cell is one run: repeated runs of a configuration raise ValueError (use latest(df)).
     """
     from runner.report import configuration  # report imports this module; import here to avoid a cycle

@@ -1,9 +1,14 @@
-"""Uncertainty of the headline figures: bootstrap confidence intervals, CV, and a steady-state check.
+"""Uncertainty of the headline figures: confidence intervals of a mean, CV, and a steady-state check.
 
 Every figure is a pure function of raw samples kept on the record, so a reader can recompute it.
-The bootstrap is the percentile bootstrap: draw ``BOOTSTRAP_RESAMPLES`` resamples with replacement
-(numpy, seed ``BOOTSTRAP_SEED``, so the same samples always give the same interval), compute the
-statistic on each, and take the 2.5th and 97.5th percentiles of those values.
+
+From ``BOOTSTRAP_MIN_SAMPLES`` samples on, the interval is the percentile bootstrap: draw
+``BOOTSTRAP_RESAMPLES`` resamples with replacement (numpy, seed ``BOOTSTRAP_SEED``, so the same samples
+always give the same interval), compute the statistic on each, and take the 2.5th and 97.5th percentiles.
+Below that it is Student's t interval, mean ± t(0.975, n−1)·sd/√n: a percentile bootstrap can never leave
+the range of its samples, and three samples' range holds the true mean far less often than 95 % of the time
+(tests/test_stats.py measures both; on the H100, three repetitions' bootstrap interval missed the same
+config's next runs, their t interval did not: docs/results/repeat-h100-2026-11-22.md).
 """
 
 from __future__ import annotations
@@ -12,21 +17,24 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+from scipy import stats as scipy_stats
 
 BOOTSTRAP_RESAMPLES = 2000  # enough for stable 2.5/97.5 percentiles; ~1 ms for a few hundred samples
 BOOTSTRAP_SEED = 0
 CONFIDENCE = 0.95
+BOOTSTRAP_MIN_SAMPLES = 10  # fewer samples: Student's t (the module docstring says why)
 STEADY_MIN_SAMPLES = 3  # a first half and a second half need at least one sample each, plus one between
 
 
 @dataclass
 class Interval:
-    """A 95 % bootstrap interval and the coefficient of variation of the samples it came from."""
+    """A 95 % interval of the mean and the coefficient of variation of the samples it came from."""
 
     ci_low: Optional[float] = None
     ci_high: Optional[float] = None
     cv: Optional[float] = None  # sample standard deviation / mean (ddof=1)
     n: int = 0  # how many samples
+    method: Optional[str] = None  # "t" or "bootstrap" (mean_ci)
 
 
 def bootstrap_ci(samples: Sequence[float], statistic: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -44,6 +52,23 @@ def bootstrap_ci(samples: Sequence[float], statistic: Callable[[np.ndarray], np.
     tail = (1 - CONFIDENCE) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def t_ci(samples: Sequence[float]) -> tuple[float, float] | None:
+    """95 % Student's t interval of the mean, mean ± t(0.975, n−1)·sd/√n, its low end clipped at 0 (every
+    figure it serves is a rate or a duration); None below two samples."""
+    data = np.asarray(samples, dtype=float)
+    if data.size < 2:
+        return None
+    half = scipy_stats.t.ppf(0.5 + CONFIDENCE / 2, data.size - 1) * data.std(ddof=1) / np.sqrt(data.size)
+    return max(0.0, float(data.mean() - half)), float(data.mean() + half)
+
+
+def mean_ci(samples: Sequence[float]) -> tuple[tuple[float, float] | None, str]:
+    """95 % interval of the mean and its method: the bootstrap from BOOTSTRAP_MIN_SAMPLES samples, t below."""
+    if len(samples) < BOOTSTRAP_MIN_SAMPLES:
+        return t_ci(samples), "t"
+    return bootstrap_ci(samples), "bootstrap"
 
 
 def ratio_ci(numerators: Sequence[float], denominators: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
@@ -70,8 +95,9 @@ def cv(samples: Sequence[float]) -> Optional[float]:
 
 
 def interval(samples: Sequence[float]) -> Interval:
-    ci = bootstrap_ci(samples)
-    return Interval(ci_low=ci[0] if ci else None, ci_high=ci[1] if ci else None, cv=cv(samples), n=len(samples))
+    ci, method = mean_ci(samples)
+    return Interval(ci_low=ci[0] if ci else None, ci_high=ci[1] if ci else None, cv=cv(samples), n=len(samples),
+                    method=method if ci else None)
 
 
 def steady_state(samples: Sequence[float]) -> tuple[Optional[bool], str]:
@@ -86,7 +112,7 @@ def steady_state(samples: Sequence[float]) -> tuple[Optional[bool], str]:
         return None, f"needs at least {STEADY_MIN_SAMPLES} repetitions (measure.repetitions), got {len(data)}"
     half = len(data) // 2
     first, second = float(np.mean(data[:half])), float(np.mean(data[-half:]))
-    low, high = bootstrap_ci(data)
+    low, high = bootstrap_ci(data)  # a yardstick of the noise, not a claim of coverage
     drift = second - first
     note = (f"second-half mean {second:.4g} vs first-half {first:.4g} (change {drift:+.4g}); "
             f"95% CI width {high - low:.4g}")

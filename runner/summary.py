@@ -17,7 +17,7 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 
 def _ci(record: dict[str, Any], value_key: str, ci_prefix: str, cv_key: str, digits: int = 1) -> str:
-    """"value [low, high] CV x %": the 95 % bootstrap interval and the coefficient of variation."""
+    """"value [low, high] CV x %": the 95 % interval (runner.stats.mean_ci) and the coefficient of variation."""
     text = _fmt(record.get(value_key), digits)
     low, high = record.get(f"{ci_prefix}_ci_low"), record.get(f"{ci_prefix}_ci_high")
     if low is not None and high is not None:
@@ -50,7 +50,7 @@ def print_summary(record: dict[str, Any], console: Console | None = None) -> Non
         ("model prepare s (not timed)", _fmt(record.get("model_prepare_s"), 2)),
         ("load s", _fmt(record["load_s"], 2)),
         ("repetitions / steady state", f"{record.get('repetitions')} / {_fmt(record.get('steady_state'))}"),
-        (f"output tok/s [95% CI by {record.get('output_tok_s_ci_unit')}]",
+        (f"output tok/s [95% CI, {record.get('output_tok_s_ci_method')} by {record.get('output_tok_s_ci_unit')}]",
          _ci(record, "output_tok_s", "output_tok_s", "output_tok_s_cv")),
         ("total tok/s", _fmt(record["total_tok_s"])),
         ("requests/s", _fmt(record["requests_per_s"], 3)),

@@ -58,8 +58,9 @@ for stage in "$@"; do
       nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
       python3 -m pip list --path /tmp/site 2>/dev/null | grep -iE "^(vllm|exllamav2|llama.cpp|ctranslate2|bitsandbytes|hydra-core) " ;;
     tests)
-      # -v with unbuffered output: a test cut by the timeout still leaves the lines of the ones before it
-      LLM_BENCH_INSTANT_FAILURES=1 timeout "${TESTS_TIMEOUT_S:-540}" python -m pytest -v -rs -m gpu tests ${TESTS_K:+-k "$TESTS_K"} 2>&1 \
+      # -v -s with unbuffered output: a test cut by the timeout still leaves the lines of the ones before it,
+      # and the figures tests print (agreement shares) reach the log
+      LLM_BENCH_INSTANT_FAILURES=1 timeout "${TESTS_TIMEOUT_S:-540}" python -m pytest -v -s -rs -m gpu tests ${TESTS_K:+-k "$TESTS_K"} 2>&1 \
         | tee "$OUT/gpu-tests.log" | grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|Error|^E  |^---|assert" | tail -n 60 ;;
     smollm2) hf smollm2-135m; llamacpp smollm2-135m; ct2 smollm2-135m ;;
     smollm2-*) ${stage#smollm2-} smollm2-135m ;;

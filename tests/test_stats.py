@@ -1,4 +1,4 @@
-"""Bootstrap intervals, CV and the steady-state check on known data; one real CPU run with repetitions."""
+"""Intervals (t and bootstrap), CV and the steady-state check on known data; one real CPU run with repetitions."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from runner.metrics import BatchSample, headline_uncertainty, request_sample
-from runner.stats import BOOTSTRAP_RESAMPLES, bootstrap_ci, cv, interval, ratio_ci, steady_state
+from runner.stats import (BOOTSTRAP_MIN_SAMPLES, BOOTSTRAP_RESAMPLES, bootstrap_ci, cv, interval, mean_ci, ratio_ci,
+                          steady_state, t_ci)
 from tests.conftest import FAST
 
 
@@ -37,6 +38,26 @@ def test_cv_by_hand():
     assert interval([3.0, 5.0, 7.0]).n == 3
 
 
+def test_t_interval_by_hand_and_the_switch_to_the_bootstrap():
+    # mean 5, sd 2, t(0.975, 2 df) = 4.3027: half width 4.3027 * 2 / sqrt(3) = 4.968
+    assert t_ci([3.0, 5.0, 7.0]) == pytest.approx((0.032, 9.968), abs=1e-3)
+    assert t_ci([10.0, 5.0]) == pytest.approx((0.0, 39.27), abs=0.01)  # 7.5 - 31.77 < 0: clipped at 0
+    assert interval([3.0, 5.0, 7.0]).method == "t" and t_ci([1.0]) is None
+    many = list(np.random.default_rng(2).normal(100.0, 10.0, size=BOOTSTRAP_MIN_SAMPLES))
+    assert mean_ci(many) == (bootstrap_ci(many), "bootstrap")
+    assert mean_ci(many[:-1]) == (t_ci(many[:-1]), "t")
+
+
+def test_with_three_samples_t_covers_the_mean_and_the_bootstrap_does_not():
+    """Why small counts use t: 2,000 runs of 3 normal samples (sd 5 around 100, like 3 repetitions)."""
+    runs = np.random.default_rng(3).normal(100.0, 5.0, size=(2000, 3))
+    covered = {name: np.mean([low <= 100.0 <= high for low, high in map(ci, runs)])
+               for name, ci in (("t", t_ci), ("bootstrap", lambda x: bootstrap_ci(x, resamples=400)))}
+    print(f"coverage of a nominal 95 % interval from 3 samples: {covered}")
+    assert 0.93 <= covered["t"] <= 0.97
+    assert covered["bootstrap"] < 0.8  # it cannot leave the samples' range
+
+
 def test_ratio_interval_of_equal_rate_batches_is_the_rate():
     # Every batch runs at 10 tok/s whatever its size: any resample gives 10.
     assert ratio_ci([10.0, 20.0, 40.0], [1.0, 2.0, 4.0]) == pytest.approx((10.0, 10.0))
@@ -58,7 +79,9 @@ def test_headline_uncertainty_uses_repetitions_when_there_are_several():
     out = headline_uncertainty(batches, requests)
     assert out["output_tok_s_samples"] == pytest.approx([10.0, 5.0])  # 20 tok / 2 s, 20 tok / 4 s
     assert out["output_tok_s_ci_unit"] == "repetition" and out["repetitions"] == 2
-    assert 5.0 <= out["output_tok_s_ci_low"] <= out["output_tok_s_ci_high"] <= 10.0
+    # Two samples: Student's t with 1 degree of freedom, 7.5 ± 12.706 * 3.5355 / sqrt(2), low end clipped at 0
+    assert (out["output_tok_s_ci_low"], out["output_tok_s_ci_high"]) == pytest.approx((0.0, 39.27), abs=0.01)
+    assert out["output_tok_s_ci_method"] == "t"
     # CV of (10, 5): sd = 3.5355, mean 7.5 -> 0.4714
     assert out["output_tok_s_cv"] == pytest.approx(0.4714, rel=1e-3)
     assert out["tpot_ms_cv"] == pytest.approx(0.0) and out["tpot_ms_mean_ci_low"] == pytest.approx(100.0)
