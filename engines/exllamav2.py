@@ -240,12 +240,17 @@ def _check_intermediate_size(config) -> None:
                            f"MLP to 32); this model has {size}")
 
 
+def _config_json(config) -> dict:
+    """The model directory's config.json as written (ExLlamaV2Config keeps only the keys it knows)."""
+    return json.loads((Path(config.model_dir) / "config.json").read_text())
+
+
 def _rope_from_rope_parameters(config) -> None:
     """transformers >= 5 saves RoPE as ``rope_parameters: {rope_theta, rope_type, ...}``; ExLlamaV2 0.3.2 reads
     only the old top-level ``rope_theta`` / ``rope_scaling`` and silently falls back to theta 10,000. For
     SmolLM2 (theta 100,000) that wrong theta put its prompt log-probs 0.35 nats/token off HF's on the same
     weights, so carry the theta over, and refuse a scaled RoPE rather than run it unscaled."""
-    raw = json.loads((Path(config.model_dir) / "config.json").read_text())
+    raw = _config_json(config)
     params = raw.get("rope_parameters")
     if not isinstance(params, dict) or "rope_theta" in raw or "rope_scaling" in raw:
         return
@@ -266,7 +271,7 @@ def _eos_ids(config) -> list[int]:
 
 
 def _quantization(config) -> str:
-    quant = json.loads((Path(config.model_dir) / "config.json").read_text()).get("quantization_config", {})
+    quant = _config_json(config).get("quantization_config", {})
     if quant.get("quant_method") == "exl2":
         return f"exl2-{quant.get('bits')}bpw"
     if quant:

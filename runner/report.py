@@ -29,7 +29,7 @@ COLUMNS = [
     ("TTFT p50 ms", "ttft_ms_p50", 1),
     ("TPOT p50 ms", "tpot_ms_p50", 2),
     ("out tok/s", "output_tok_s", 1),
-    ("CI low", "output_tok_s_ci_low", 1),  # 95 % interval of out tok/s (t or bootstrap: runner.stats.mean_ci), and its CV
+    ("CI low", "output_tok_s_ci_low", 1),  # 95 % interval of out tok/s (runner.stats.mean_ci), and its CV
     ("CI high", "output_tok_s_ci_high", 1),
     ("CV", "output_tok_s_cv", 3),
     ("MBU", "mbu_table", 2),  # of the datasheet bandwidth (runner.roofline)
