@@ -27,13 +27,14 @@ PROMPT_TOKENS, NEW_TOKENS = 128, 32
 
 def build(work: Path, layers: int) -> Path:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from runner import gptq
+    from runner.random_model import llama_config
 
     hf_dir, packed = work / "hf", work / "gptq"
-    config = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_attention_heads=32,
-                         num_hidden_layers=layers, vocab_size=32000, bos_token_id=1, eos_token_id=2)
+    config = llama_config("llama2-7b", bos_token_id=1, eos_token_id=2)  # the seed's shapes, fewer layers
+    config.num_hidden_layers = layers
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = LlamaForCausalLM(config).half()
@@ -45,11 +46,16 @@ def build(work: Path, layers: int) -> Path:
     return packed
 
 
+def prompts_of(batch: int) -> list[list[int]]:
+    """``batch`` distinct prompts of PROMPT_TOKENS ids, equal lengths (no padding)."""
+    return [[1 + (i * 7 + j) % 31000 for j in range(PROMPT_TOKENS)] for i in range(batch)]
+
+
 def step_ms(engine, batch: int) -> float:
     """Median gap between consecutive decoding steps, in ms (the engine stamps each step's tokens)."""
     from engines.base import SamplingSpec
 
-    prompts = [[1 + (i * 7 + j) % 31000 for j in range(PROMPT_TOKENS)] for i in range(batch)]
+    prompts = prompts_of(batch)
     sampling = SamplingSpec(NEW_TOKENS, ignore_eos=True, temperature=0.0)
     engine.generate(prompts, sampling)  # warm-up: cache made, kernels loaded
     times = engine.generate(prompts, sampling)[0].token_times
@@ -62,7 +68,7 @@ def top_kernels(engine, batch: int) -> None:
 
     from engines.base import SamplingSpec
 
-    prompts = [[1 + (i * 7 + j) % 31000 for j in range(PROMPT_TOKENS)] for i in range(batch)]
+    prompts = prompts_of(batch)
     engine.generate(prompts, SamplingSpec(8, ignore_eos=True, temperature=0.0))
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         engine.generate(prompts, SamplingSpec(8, ignore_eos=True, temperature=0.0))
