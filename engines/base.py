@@ -9,6 +9,7 @@ runner called it.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import struct
 import time
@@ -16,6 +17,21 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Optional
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """An optional package an engine (or one of its options) needs, and the command that installs it."""
+
+    module: str  # the import name, looked up without importing it
+    install: str  # e.g. "pip install -e '.[llamacpp]'"
+    needed_by: str = ""  # the option that needs it, e.g. "engine.quantization=nf4" (empty: the engine itself)
+
+    def installed(self) -> bool:
+        try:
+            return importlib.util.find_spec(self.module) is not None
+        except (ImportError, ValueError):  # a parent package missing, or a broken one
+            return False
 
 
 @dataclass(frozen=True)
@@ -49,18 +65,26 @@ class Engine(ABC):
         model_format: the weights format ``load`` expects, e.g. ``"hf"`` (a transformers directory).
         streams_tokens: True when ``generate`` fills ``Generation.token_times``.
         packages: the distributions whose versions go on every record (``env_<package>``).
+        requires: the optional packages it needs (``Requirement``); ``requirements(config)`` adds the ones
+            an option needs. The runner checks them before any point of a sweep runs.
     """
 
     name: ClassVar[str]
     model_format: ClassVar[str]
     streams_tokens: ClassVar[bool] = False
     packages: ClassVar[tuple[str, ...]] = ()
+    requires: ClassVar[tuple[Requirement, ...]] = ()
 
     def __init__(self, config: Any):
         self.config = config
         # What the engine really ran with, filled by load() (e.g. {"device": "cpu", "dtype": "float32"});
         # it goes on the record beside the requested config.
         self.resolved: dict[str, Any] = {}
+
+    @classmethod
+    def requirements(cls, config: Any) -> tuple[Requirement, ...]:
+        """The optional packages this config needs (the class's ``requires`` unless an option adds some)."""
+        return cls.requires
 
     @classmethod
     def model_variant(cls, config: Any) -> Optional[str]:

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from engines import require
+from engines import CTRANSLATE2, require
 from engines.base import Engine, Generation, SamplingSpec, now
 from runner.config import ConfigError
 
@@ -29,7 +29,7 @@ def _resolve(config) -> tuple[str, str]:
         raise ConfigError(f"engine.inter_threads={config.inter_threads}: must be >= 1")
     if config.intra_threads < 0:
         raise ConfigError(f"engine.intra_threads={config.intra_threads}: must be >= 0 (0: CTranslate2's default)")
-    ct2 = require("ctranslate2", "ctranslate2")
+    ct2 = require(CTRANSLATE2)
     device = config.device.value
     if device == "auto":
         device = "cuda" if ct2.get_cuda_device_count() > 0 else "cpu"
@@ -53,6 +53,7 @@ class CTranslate2Engine(Engine):
     model_format = "ct2"
     streams_tokens = True
     packages = ("ctranslate2",)
+    requires = (CTRANSLATE2,)
 
     @classmethod
     def model_variant(cls, config) -> Optional[str]:
@@ -64,7 +65,7 @@ class CTranslate2Engine(Engine):
     def load(self, model_path: str) -> None:
         cfg = self.config
         device, compute_type = _resolve(cfg)
-        ct2 = require("ctranslate2", "ctranslate2")
+        ct2 = require(CTRANSLATE2)
         self.model = ct2.Generator(model_path, device=device, compute_type=compute_type,
                                    inter_threads=cfg.inter_threads, intra_threads=cfg.intra_threads,
                                    **cfg.engine_kwargs)

@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from engines import require
+from engines import EXLLAMAV2, require
 from engines.base import Engine, Generation, SamplingSpec, now, safetensors_bytes
 
 MIB = 2**20
@@ -37,6 +37,7 @@ class ExLlamaV2Engine(Engine):
     model_format = "hf"
     streams_tokens = True
     packages = ("exllamav2", "torch", "flash-attn")
+    requires = (EXLLAMAV2,)
 
     @classmethod
     def model_variant(cls, config: Any) -> Optional[str]:
@@ -47,7 +48,7 @@ class ExLlamaV2Engine(Engine):
 
         if not torch.cuda.is_available():
             raise RuntimeError("the exllamav2 engine needs a CUDA GPU (ExLlamaV2 has no CPU kernels); none is visible")
-        self.exl2 = exl2 = require("exllamav2", "exllamav2")
+        self.exl2 = exl2 = require(EXLLAMAV2)
         self.model_path = model_path
         cfg = self.config
         config = exl2.ExLlamaV2Config(model_path)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from typing import Optional
 
 import torch
 from transformers import AutoModelForCausalLM
 from transformers.generation.streamers import BaseStreamer
 
-from engines import require
-from engines.base import Engine, Generation, SamplingSpec, now
+from engines import BITSANDBYTES, require
+from engines.base import Engine, Generation, Requirement, SamplingSpec, now
 
 
 class _StepClock(BaseStreamer):
@@ -40,6 +41,11 @@ class HFEngine(Engine):
     streams_tokens = True
     packages = ("transformers", "accelerate", "bitsandbytes")
 
+    @classmethod
+    def requirements(cls, config) -> tuple[Requirement, ...]:
+        quantization = config.quantization.value
+        return () if quantization == "none" else (replace(BITSANDBYTES, needed_by=f"engine.quantization={quantization}"),)
+
     def load(self, model_path: str) -> None:
         cfg = self.config
         device = cfg.device.value
@@ -67,7 +73,7 @@ class HFEngine(Engine):
 
     def _bnb_config(self, dtype: str):
         """bitsandbytes as a quantization option of this engine (not an engine of its own)."""
-        require("bitsandbytes", "bnb")
+        require(BITSANDBYTES)
         from transformers import BitsAndBytesConfig
 
         cfg = self.config

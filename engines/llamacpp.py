@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 import psutil
 
-from engines import require
+from engines import LLAMA_CPP, require
 from engines.base import Engine, Generation, SamplingSpec, now
 from runner.config import ConfigError
 from runner.models import gguf_ftype
@@ -30,6 +30,7 @@ class LlamaCppEngine(Engine):
     model_format = "gguf"
     streams_tokens = True
     packages = ("llama-cpp-python",)
+    requires = (LLAMA_CPP,)
 
     @classmethod
     def model_variant(cls, config) -> Optional[str]:
@@ -45,7 +46,7 @@ class LlamaCppEngine(Engine):
                 raise ConfigError(f"engine.{key}={getattr(cfg, key)}: must be >= 1 (or null for the default)")
         if cfg.n_ctx is not None and cfg.n_ctx < 0:
             raise ConfigError(f"engine.n_ctx={cfg.n_ctx}: must be >= 0 (0 or null: derived from the batch)")
-        self.lib = lib = require("llama_cpp", "llamacpp")
+        self.lib = lib = require(LLAMA_CPP)
         # llama_cpp routes llama.cpp's log through this logger, which prints everything by default; its
         # level map is off by one (INFO arrives as WARNING), so ERROR is what Llama(verbose=False) sets too.
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)

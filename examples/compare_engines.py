@@ -4,6 +4,7 @@
 """
 
 import sys
+from pathlib import Path
 
 import matplotlib
 
@@ -15,19 +16,20 @@ from runner.results import compare, latest, load_results  # noqa: E402
 sweep = sys.argv[1]
 png = sys.argv[2] if len(sys.argv) > 2 else "throughput.png"
 
-df = latest(load_results(sweep))  # one row per configuration: its latest run, failed ones included
+df = latest(load_results(sweep))  # one row per configuration and workload: its latest run, failed ones included
 print(markdown(table(df)))  # report.md's main table
 
 ok = df[df.status == "ok"]
-for model, runs in ok.groupby("model_name"):
+groups = ok.groupby(["model_name", "workload"])  # numbers of different workloads are never one line
+for i, ((model, work), runs) in enumerate(groups):
     tok_s = compare(runs, "output_tok_s")  # batch size x configuration
-    print(f"\n{model}: output tok/s\n{tok_s.round(1).to_string()}")
-    ax = tok_s.plot(marker="o", logx=True, title=f"output throughput: {model}", figsize=(7, 4.5))
+    print(f"\n{model}, {work}: output tok/s\n{tok_s.round(1).to_string()}")
+    ax = tok_s.plot(marker="o", logx=True, title=f"output throughput: {model}, {work}", figsize=(7, 4.5))
     ax.set_xscale("log", base=2)
     ax.set_xticks(tok_s.index, labels=[str(b) for b in tok_s.index])
     ax.minorticks_off()
     ax.set_xlabel("batch size (log2 scale)")
     ax.set_ylabel("output tokens/s")
-    path = png if ok.model_name.nunique() == 1 else f"{model}-{png}"
+    path = png if groups.ngroups == 1 else Path(png).with_name(f"{i}-{Path(png).name}")
     ax.figure.savefig(path, dpi=110)
     print(f"plot: {path}")

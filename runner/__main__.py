@@ -1,14 +1,15 @@
 """Command line: ``python -m runner [overrides]`` and ``python -m runner -m <sweep>`` (Hydra).
 
 Exit codes: 0 every run ok; 1 some run failed (its record says why); 2 bad input (one line on
-stderr naming the key, nothing left under outputs/).
+stderr naming the key, nothing left under outputs/); 130 / 143 interrupted by Ctrl-C / SIGTERM (the
+running point is stopped within seconds with its processes, leaves nothing behind, finished points stay).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -16,39 +17,32 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from runner import interrupts, rundir
 from runner.config import ConfigError, register_configs, to_bench_config, validate
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 register_configs()
 _failed_runs: list[str] = []  # one line each: status, run dir, error
 _skipped_runs: list[str] = []
+_finished_runs: list[str] = []
+_hydra_dirs: set[Path] = set()  # directories Hydra made for this invocation's points: pruned if left empty
+_running: list[Path] = []  # the run directory claimed by the point in progress (at most one)
 
 
-def _discard_scaffolding(run_dir: Path) -> None:
-    """Remove what Hydra created for a run that never started, and the directories left empty by that."""
-    shutil.rmtree(run_dir, ignore_errors=True)
-    sweep_dir = run_dir.parent
-    if HydraConfig.get().mode.name == "MULTIRUN":
-        leftover = {p.name for p in sweep_dir.iterdir()} if sweep_dir.is_dir() else set()
-        if leftover <= {"multirun.yaml"}:
-            shutil.rmtree(sweep_dir, ignore_errors=True)
-    stop = Path.cwd().resolve()
-    for directory in [sweep_dir, *sweep_dir.parents]:
-        if directory == stop or not directory.is_relative_to(stop):
-            break
-        if directory.is_dir() and any(directory.iterdir()):
-            break
-        shutil.rmtree(directory, ignore_errors=True)
+def _refuse(exc: Exception) -> None:
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(2)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     # Imported here so `--help` and config errors stay fast.
-    from runner.run import execute, plan
+    from runner.run import completed_record, execute, plan
     from runner.summary import print_summary
 
     hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
+    requested_dir = Path(hydra_cfg.runtime.output_dir)
+    _hydra_dirs.add(requested_dir)
     try:
         bench = to_bench_config(cfg)
         if bench.scenario == "offline":
@@ -57,25 +51,35 @@ def main(cfg: DictConfig) -> None:
             prestart_worker(bench)  # isolation=worker: the worker imports while this process plans
         work = plan(bench)
     except ConfigError as exc:
-        _discard_scaffolding(run_dir)
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    from runner.devices import claim_gpu, parallel_jobs
-
-    try:
-        with claim_gpu(parallel_jobs(hydra_cfg.launcher)):
-            record = execute(bench, work, run_dir, list(hydra_cfg.overrides.task))
-    except ConfigError as exc:
-        _discard_scaffolding(run_dir)
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    if record.get("skipped"):  # resume: a complete record of this point exists (runner/resume.py)
-        _discard_scaffolding(run_dir)
-        _skipped_runs.append(record["run_dir"])
-        print(f"skipped (complete record with run_key {record['run_key']}: {record['run_dir']}); "
+        _refuse(exc)
+    except Exception as exc:  # reading the data or the tokenizer failed: no run started, nothing written
+        detail = (str(exc).strip().splitlines() or [""])[0]
+        print(f"error: preparing the run failed: {type(exc).__name__}: {detail}", file=sys.stderr)
+        sys.exit(1)
+    done = completed_record(bench, work) if bench.resume else None
+    if done is not None:  # resume: a complete record of this point exists (runner/resume.py); nothing is written
+        _skipped_runs.append(done["run_dir"])
+        print(f"skipped (complete record with run_key {done['run_key']}: {done['run_dir']}); "
               "resume=false reruns it")
         return
+    from runner.devices import claim_gpu, parallel_jobs
+
+    overrides = list(hydra_cfg.overrides.task)
+    run_dir = rundir.claim(requested_dir)  # Hydra's directory, or a fresh sibling if an earlier run's is there
+    _running.append(run_dir)
+    try:
+        rundir.save_config(run_dir, cfg, hydra_cfg, overrides)
+        with claim_gpu(parallel_jobs(hydra_cfg.launcher)):
+            record = execute(bench, work, run_dir, overrides)
+    except Exception as exc:  # no record was written (an interrupt is the caller's: _interrupted releases)
+        _running.remove(run_dir)
+        rundir.release(run_dir)
+        if isinstance(exc, ConfigError):
+            _refuse(exc)
+        raise
+    _running.remove(run_dir)
     print_summary(record)
+    _finished_runs.append(record["run_dir"])
     if record["status"] != "ok":
         error = (record.get("error") or "").strip().splitlines()
         _failed_runs.append(f"{record['status']}: {record['run_dir']}: {error[0][:200] if error else ''}")
@@ -104,16 +108,24 @@ def _check_sweep(argv: list[str]) -> None:
             from runner.devices import check_parallel
 
             check_parallel(compose("config", overrides=launcher, return_hydra_config=True).hydra.launcher)
+        from runner.run import check_requirements
+
         for point in points:
-            validate(to_bench_config(compose("config", overrides=point)))
+            bench = to_bench_config(compose("config", overrides=point))
+            validate(bench)
+            check_requirements(bench)
 
 
 def _one_line(exc: Exception) -> str:
     """Hydra's composition errors, reduced to one line that names the key and the valid choices."""
-    from hydra.errors import MissingConfigException
+    from hydra.errors import MissingConfigException, OverrideParseException
 
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     head = lines[0].removeprefix("In 'config': ") if lines else type(exc).__name__
+    if isinstance(exc, OverrideParseException):
+        key = exc.override.split("=", 1)[0]
+        return (f"{head}: Hydra cannot read this override; quote a value holding non-ASCII letters or characters "
+                f"such as ()[]{{}}:,'\" for Hydra, inside the shell's quotes: '{key}=\"...\"'")
     if isinstance(exc, MissingConfigException) and "Available options" in str(exc):
         start = next(i for i, line in enumerate(lines) if line.startswith("Available options"))
         options = [line for line in lines[start + 1:] if not line.startswith(("Config search path", "provider="))]
@@ -128,17 +140,57 @@ def _one_line(exc: Exception) -> str:
     return head
 
 
-if __name__ == "__main__":
+def _stop_children() -> None:
+    """Kill the run children (their whole process groups: engine cores, servers) of this process."""
+    from runner.isolation import kill_children
+    from runner.serving.server import stop_all
+
+    kill_children()
+    stop_all(grace_s=0.0)
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    signum = getattr(exc, "signum", signal.SIGINT)
+    _stop_children()
+    where = f"the point in {_running[0]} was stopped and left nothing" if _running else "no point was running"
+    for run_dir in _running:
+        rundir.release(run_dir)
+    kept = f"{len(_finished_runs)} finished point(s) kept" if _finished_runs else "no point had finished"
+    print(f"interrupted by {signal.Signals(signum).name}: {where}; {kept}. Run the same command again to resume "
+          "(finished points are skipped).", file=sys.stderr)
+    return 128 + signum
+
+
+def _cli() -> int:
     # Let composition errors reach us instead of Hydra's multi-line report (runs catch their own errors).
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    interrupts.install(on_exit_now=_stop_children)
+    # A run child killed on purpose (Ctrl-C, timeout) leaves its semaphores registered with multiprocessing's
+    # resource tracker, which then warns at exit in four lines after ours; the tracker takes -W from here.
+    sys.warnoptions.append("ignore:resource_tracker:UserWarning")
+    if {"--help", "-h"} & set(sys.argv[1:]):  # ours: Hydra's page lists internal groups (--hydra-help has it)
+        from runner.cli_help import help_text
+
+        print(help_text(CONF_DIR))
+        return 0
     try:
         _check_sweep(sys.argv[1:])
         main()
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
     except Exception as exc:  # raised while composing the config: no run started, nothing written
         print(f"error: {_one_line(exc)}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    finally:
+        for directory in _hydra_dirs:
+            rundir.prune(directory)
     if _skipped_runs:
         print(f"{len(_skipped_runs)} point(s) skipped: a complete record exists (resume=false reruns them)")
     if _failed_runs:
         print(f"{len(_failed_runs)} run(s) failed:\n  " + "\n  ".join(_failed_runs), file=sys.stderr)
-        sys.exit(1)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_cli())

@@ -190,6 +190,24 @@ class HFDatasetConfig(DatasetConfig):
     text_field: str = "text"
 
 
+@dataclass
+class FileDatasetConfig(DatasetConfig):
+    """The user's own prompts in a local file (runner/data.py reads it): .jsonl, .json (an array of objects),
+    .csv or .parquet with a text column or a chat-messages column, or .txt (one prompt per non-empty line)."""
+
+    name: Optional[str] = None  # None: the file's name (e.g. "my prompts.jsonl"): records and reports show it
+    path: Optional[str] = None  # required; None fails when the prompts are read, before any model loads
+    text_field: Optional[str] = None  # None: the first of prompt, text, instruction, question, input
+    messages_field: Optional[str] = None  # None: messages or conversations, when no text column is found
+    # Messages only: render them with the model's chat template (trailing assistant turns dropped, generation
+    # prompt added); False: the first user turn as plain text, as dataset=sharegpt does.
+    chat_template: bool = True
+
+    def __post_init__(self) -> None:  # OmegaConf.to_object runs it, so every record carries the file's name
+        if self.name is None:
+            self.name = os.path.basename(self.path.rstrip("/")) if self.path else "file"
+
+
 # ---------------------------------------------------------------- run
 @dataclass
 class GenerationConfig:
@@ -240,6 +258,9 @@ class ServerConfig:
     model: Optional[str] = None  # model name sent in requests; attach mode needs it
     startup_timeout_s: float = 600.0  # launch mode: until GET /v1/models answers
     extra_args: list[str] = field(default_factory=list)  # appended to the server's command line
+    # The *name* of the environment variable holding the API key, sent as a bearer token when set and
+    # non-empty; None: never send one. The key itself never enters the config (nor .hydra/ or the record).
+    api_key_env: Optional[str] = "OPENAI_API_KEY"
 
 
 @dataclass
@@ -269,7 +290,8 @@ class BenchConfig:
 ENGINE_SCHEMAS = {"hf": HFEngineConfig, "llamacpp": LlamaCppEngineConfig,
                   "ctranslate2": CTranslate2EngineConfig, "vllm": VLLMEngineConfig,
                   "exllamav2": ExLlamaV2EngineConfig}
-DATASET_SCHEMAS = {"sharegpt": ShareGPTConfig, "synthetic": SyntheticConfig, "hf": HFDatasetConfig}
+DATASET_SCHEMAS = {"sharegpt": ShareGPTConfig, "synthetic": SyntheticConfig, "hf": HFDatasetConfig,
+                   "file": FileDatasetConfig}
 
 
 SCENARIOS = ("offline", "serving")

@@ -272,10 +272,10 @@ def gptqmodel_checkpoint(hf_dir: str, out: Path, spec: GPTQSpec,
 
     import torch
 
-    from engines import require
+    from engines import GPTQMODEL, require
 
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(len(os.sched_getaffinity(0))))
-    gptqmodel = require("gptqmodel", "gptq")
+    gptqmodel = require(GPTQMODEL)
     prompts = calibration_prompts(hf_dir, calibration)
     config = json.loads((Path(hf_dir) / "config.json").read_text())
     shapes = _linear_shapes(config)

@@ -115,7 +115,7 @@ def _serve(conn: Connection, keep_engine: bool, preload: tuple[str, ...] = ()) -
 
 
 # ---------------------------------------------------------------- parent side
-@dataclass
+@dataclass(eq=False)
 class _Child:
     process: Any
     conn: Connection
@@ -131,6 +131,7 @@ class _Child:
             self.process.kill()
         self.process.join(10)
         self.conn.close()
+        _live.discard(self)
 
     def stop(self) -> None:
         """Ask a worker to finish (it closes its engine), kill it if it does not within 30 s."""
@@ -142,16 +143,29 @@ class _Child:
         self.kill()
 
 
+_live: set[_Child] = set()  # every run child of this process not yet reaped (kill_children's list)
+
+
 def _start(keep_engine: bool, key: Optional[str], preload: tuple[str, ...] = ()) -> _Child:
     parent_conn, child_conn = _SPAWN.Pipe()
     process = _SPAWN.Process(target=_serve, args=(child_conn, keep_engine, preload), daemon=False,
                              name="bench-run")
     process.start()
     child_conn.close()
-    return _Child(process, parent_conn, key)
+    child = _Child(process, parent_conn, key)
+    _live.add(child)
+    return child
 
 
 _worker: Optional[_Child] = None  # the one live worker of this process (isolation=worker)
+
+
+def kill_children() -> None:
+    """Ctrl-C / SIGTERM: SIGKILL every run child's process group now (its engine's processes with it)."""
+    global _worker
+    _worker = None
+    for child in list(_live):
+        child.kill()
 
 
 def shutdown_worker() -> None:
@@ -232,7 +246,11 @@ def run_isolated(cfg: BenchConfig, work: Any, run_dir: Path, overrides: list[str
     job = (cfg, work, run_dir, overrides)
     if cfg.isolation == "process":
         child = _start(keep_engine=False, key=None)
-        record, _ = _run_in_child(child, job, cfg.timeout_s)
+        try:
+            record, _ = _run_in_child(child, job, cfg.timeout_s)
+        except BaseException:  # Ctrl-C / SIGTERM: the child (own process group, no terminal signal) dies now
+            child.kill()
+            raise
         child.stop()
         return record
     key = worker_key(cfg)
@@ -240,7 +258,11 @@ def run_isolated(cfg: BenchConfig, work: Any, run_dir: Path, overrides: list[str
         shutdown_worker()
     if _worker is None:
         _worker = _start(keep_engine=True, key=key)
-    record, usable = _run_in_child(_worker, job, cfg.timeout_s)
+    try:
+        record, usable = _run_in_child(_worker, job, cfg.timeout_s)
+    except BaseException:
+        kill_children()
+        raise
     if not usable:
         _worker.kill()
         _worker = None

@@ -29,6 +29,18 @@ def chunk(prompts: list[list[int]], batch_size: int) -> list[list[list[int]]]:
     return [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
 
 
+def batch_size_fields(requested: int, sizes: list[int]) -> dict[str, Any]:
+    """The batch size really run (the largest batch), and a note when it is not what was asked for every batch:
+    ``batch_size=16 dataset.limit=4`` runs one batch of 4, and its row must say 4, not 16."""
+    ran = max(sizes)
+    notes = []
+    if ran != requested:
+        notes.append(f"batch_size={requested} asked, but the slice has {sum(sizes)} prompts: batches of {ran} ran")
+    elif len(set(sizes)) > 1:
+        notes.append(f"the last batch held {sizes[-1]} of {ran} prompts ({sum(sizes)} prompts in all)")
+    return {"batch_size": ran, "batch_size_requested": requested, "batch_size_note": "; ".join(notes) or None}
+
+
 def warm_up(engine: Engine, batches: list[list[list[int]]], sampling: SamplingSpec, count: int) -> None:
     """Untimed runs on the first ``count`` batches: compilation, allocator growth and caches settle here.
 
@@ -124,6 +136,7 @@ def measure_run(cfg: "BenchConfig", work: "Workload", engine: Engine, model_path
     weights = engine.weights_bytes()
     record = {
         **engine.resolved,
+        **batch_size_fields(cfg.batch_size, [len(b) for b in batches]),
         "load_s": load_s,
         "weights_mib": weights / MIB if weights is not None else None,
         **summary,

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from runner.stats import interval, ratio_ci, steady_state
+from runner.stats import cv, interval, ratio_ci, steady_state
 
 
 @dataclass
@@ -129,7 +129,9 @@ def headline_uncertainty(batches: list[BatchSample], requests: list[RequestSampl
     output tok/s: with two or more repetitions the unit is a repetition (each measures the same
     batches, so the spread is run-to-run noise); with one, the unit is a batch (with enough batches,
     resampled batches, tokens and seconds summed: the spread then includes the prompts' differences too).
-    TTFT and TPOT: the interval of the mean over requests, the CV of the per-request values.
+    TTFT and TPOT: the interval of the mean over batches (each batch of each repetition is one unit: the
+    requests of one static batch share one clock, e.g. one first-token time, so they are not independent
+    samples), and the CV of the per-request values. One batch gives no interval.
     Below runner.stats.BOOTSTRAP_MIN_SAMPLES units the interval is Student's t, else the bootstrap.
     """
     reps = sorted({b.repetition for b in batches})
@@ -155,7 +157,12 @@ def headline_uncertainty(batches: list[BatchSample], requests: list[RequestSampl
         "steady_state_note": note,
     }
     for name in ("ttft_ms", "tpot_ms"):
-        stat = interval([v for r in requests if (v := getattr(r, name)) is not None])
+        units: dict[tuple[int, int], list[float]] = {}
+        for r in requests:
+            if (value := getattr(r, name)) is not None:
+                units.setdefault((r.repetition, r.batch), []).append(value)
+        stat = interval([float(np.mean(v)) for v in units.values()])
         fields.update({f"{name}_mean_ci_low": stat.ci_low, f"{name}_mean_ci_high": stat.ci_high,
-                       f"{name}_cv": stat.cv})
+                       f"{name}_cv": cv([v for values in units.values() for v in values])})
+    fields["latency_ci_unit"] = "batch"
     return fields

@@ -18,10 +18,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
+from engines import GPTQMODEL
+from engines.base import Requirement
 from runner.config import ConfigError, ModelConfig, is_local_path
 
 
@@ -95,6 +97,22 @@ def prepare(model: ModelConfig, model_format: str, cache_dir: Optional[str],
     if not build_dir_atomically(target, lambda tmp: convert(model, tmp, cache_dir, variant)):
         return PreparedModel(path=str(target), prepare_s=0.0, cache_hit=True)
     return PreparedModel(path=str(target), prepare_s=time.perf_counter() - start, cache_hit=False)
+
+
+def preparation_requirements(model: ModelConfig, model_format: str, cache_dir: Optional[str],
+                             variant: Optional[str]) -> tuple[Requirement, ...]:
+    """Optional packages that making this format needs, when the cache does not hold it yet: GPTQ of real
+    weights needs gptqmodel (random weights are packed by runner/gptq.py itself). The other conversions
+    need the engine's own package, which the engine requires anyway."""
+    if model_format != "hf" or not variant or model.random:
+        return ()
+    from runner.gptq import cache_variant, prequantized
+
+    if model.hf and is_local_path(model.hf) and prequantized(model.hf):
+        return ()
+    if (_entry_dir(model, cache_dir) / f"hf-{cache_variant(variant, random_weights=False)}").is_dir():
+        return ()
+    return (replace(GPTQMODEL, needed_by=f"model {model.name} as {variant} (a GPTQ conversion, cached once made)"),)
 
 
 def build_dir_atomically(target: Path, fill: Callable[[Path], None]) -> bool:
@@ -192,9 +210,9 @@ def _hf_to_ct2(model: ModelConfig, out: Path, cache_dir: Optional[str], variant:
     """
     from transformers import AutoTokenizer
 
-    from engines import require
+    from engines import CTRANSLATE2, LLAMA_CPP, require
 
-    ctranslate2 = require("ctranslate2", "ctranslate2")
+    ctranslate2 = require(CTRANSLATE2)
     hf = prepare(model, "hf", cache_dir).path
     copy = [name for name in ("generation_config.json",) if (Path(hf) / name).is_file()]
     ctranslate2.converters.TransformersConverter(
@@ -210,9 +228,9 @@ def _hf_to_ct2(model: ModelConfig, out: Path, cache_dir: Optional[str], variant:
 
 def gguf_ftype(quant_type: str) -> int:
     """llama.cpp's file-type number for a GGUF quantization name (q8_0, q4_k_m, f16, ...; any case)."""
-    from engines import require
+    from engines import CTRANSLATE2, LLAMA_CPP, require
 
-    llama_cpp = require("llama_cpp", "llamacpp")
+    llama_cpp = require(LLAMA_CPP)
     ftypes = {name[len("LLAMA_FTYPE_MOSTLY_"):].lower(): getattr(llama_cpp, name)
               for name in dir(llama_cpp) if name.startswith("LLAMA_FTYPE_MOSTLY_")}
     ftypes["f32"] = llama_cpp.LLAMA_FTYPE_ALL_F32
@@ -229,9 +247,9 @@ def _to_gguf(model: ModelConfig, out: Path, cache_dir: Optional[str], variant: O
     convert_hf_to_gguf.py's output."""
     if variant is None:
         return _hf_to_gguf(model, out / "model.gguf", cache_dir)
-    from engines import require
+    from engines import CTRANSLATE2, LLAMA_CPP, require
 
-    llama_cpp = require("llama_cpp", "llamacpp")
+    llama_cpp = require(LLAMA_CPP)
     ftype = gguf_ftype(variant)
     source = Path(prepare(model, "gguf", cache_dir).path)
     source = source / "model.gguf" if source.is_dir() else source

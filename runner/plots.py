@@ -1,4 +1,5 @@
-"""PNG plots of successful runs: one line per configuration, batch size on a log2 axis, one panel per model.
+"""PNG plots of successful runs: one line per configuration and workload (colour: configuration; marker:
+workload), batch size on a log2 axis, one panel per model.
 
 Reads a DataFrame of records (runner.results); never measures. Figures are built with matplotlib's
 object API (Figure, no pyplot) so the Agg renderer draws them without a display and no global state leaks
@@ -7,8 +8,9 @@ between plots.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -16,14 +18,30 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
 PERCENTILES = [("p50", "-"), ("p90", "--"), ("p99", ":")]
+MARKERS = "osD^vP*Xph"
 
 
-def colors(configurations: list[str]) -> dict[str, tuple]:
-    """One color per configuration, the same in every plot of a report (tab10, then tab20 beyond ten)."""
+@dataclass
+class Palette:
+    """The same in every plot of a report: a colour per configuration, a marker per workload."""
+    colors: dict[str, tuple]
+    markers: dict[str, str]
+
+
+def palette(df: pd.DataFrame) -> Palette:
+    """Colours (tab10, then tab20 beyond ten) and markers of the `configuration` and `workload` labels in df."""
     from matplotlib import colormaps
 
+    configurations, workloads = sorted(df["configuration"].unique()), sorted(df["workload"].unique())
     cmap = colormaps["tab10" if len(configurations) <= 10 else "tab20"]
-    return {name: cmap(i % cmap.N) for i, name in enumerate(sorted(configurations))}
+    return Palette({name: cmap(i % cmap.N) for i, name in enumerate(configurations)},
+                   {name: MARKERS[i % len(MARKERS)] for i, name in enumerate(workloads)})
+
+
+def series(df: pd.DataFrame):
+    """The lines of a panel: ((configuration, workload), runs by batch size). Runs of different workloads at one
+    batch size measured different work, so they are never one line (a vertical stroke between them)."""
+    return df.sort_values("batch_size").groupby(["configuration", "workload"], sort=True)
 
 
 def _batch_axis(ax, batch_sizes) -> None:
@@ -44,21 +62,34 @@ def _panels(df: pd.DataFrame, rows: int = 1, height: float = 4.2) -> tuple[Figur
     return fig, models, axes
 
 
-def _lines(ax, group: pd.DataFrame, y: Callable[[pd.DataFrame], pd.Series], palette: dict, **style) -> None:
-    for name, runs in group.sort_values("batch_size").groupby("configuration", sort=True):
-        ax.plot(runs["batch_size"], y(runs), color=palette[name], label=name, **{"marker": "o", **style})
+def _lines(ax, group: pd.DataFrame, y: Callable[[pd.DataFrame], pd.Series], palette: Palette, **style) -> None:
+    for (name, work), runs in series(group):
+        ax.plot(runs["batch_size"], y(runs), color=palette.colors[name], label=f"{name} · {work}",
+                **{"marker": palette.markers[work], **style})
 
 
-def _legend(fig: Figure, df: pd.DataFrame, palette: dict, extra: list[Line2D] = ()) -> None:
-    """One legend for the whole figure, beside the panels: colors mean the same configuration in each."""
-    handles = [Line2D([], [], color=palette[c], marker="o", label=c) for c in sorted(df["configuration"].unique())]
+def _legend(fig: Figure, df: pd.DataFrame, palette: Palette, extra: list[Line2D] = ()) -> None:
+    """One legend for the whole figure, beside the panels: colours mean the same configuration in each, and
+    markers the same workload (listed when there are several)."""
+    handles = [Line2D([], [], color=color, marker="o", label=c) for c, color in palette.colors.items()]
+    if len(palette.markers) > 1:
+        handles += [Line2D([], [], color="grey", marker=m, linestyle="", label=w) for w, m in palette.markers.items()]
     fig.legend(handles=[*handles, *extra], loc="outside right upper", title="configuration", fontsize="small")
 
 
-def per_batch_plot(df: pd.DataFrame, palette: dict, path: Path, title: str, ylabel: str,
+def per_batch_plot(df: pd.DataFrame, palette: Palette, path: Path, title: str, ylabel: str,
                    y: Callable[[pd.DataFrame], pd.Series], extra: Callable | None = None,
                    log_y: bool = False, note: str = "") -> Path:
-    """One panel per model: y(runs) against batch size, one line per configuration; `note` above them."""
+    """per_batch_figure, saved as `path`."""
+    fig = per_batch_figure(df, palette, title, ylabel, y, extra, log_y, note)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def per_batch_figure(df: pd.DataFrame, palette: Palette, title: str, ylabel: str,
+                     y: Callable[[pd.DataFrame], pd.Series], extra: Callable | None = None,
+                     log_y: bool = False, note: str = "") -> Figure:
+    """One panel per model: y(runs) against batch size, one line per configuration and workload; `note` above."""
     fig, models, axes = _panels(df)
     if note:
         fig.suptitle(note, fontsize="medium")
@@ -76,8 +107,7 @@ def per_batch_plot(df: pd.DataFrame, palette: dict, path: Path, title: str, ylab
             ax.set_ylabel(ylabel)
         ax.set_title(f"{title}: {model}")
     _legend(fig, df, palette)
-    fig.savefig(path, dpi=110)
-    return path
+    return fig
 
 
 def memory_column(df: pd.DataFrame) -> tuple[str, str]:
@@ -87,18 +117,27 @@ def memory_column(df: pd.DataFrame) -> tuple[str, str]:
     return "host_peak_rss_mib", "host peak RSS (MiB)"
 
 
-def add_roofline(ax, group: pd.DataFrame, palette: dict) -> None:
-    """The memory-bandwidth roofline of each configuration, dashed in its colour: the decode rate at which
-    reading the weights and the KV cache once per step takes the datasheet bandwidth, i.e. the achieved
-    decode rate divided by its MBU (runner.roofline). Nothing is drawn where the records have no MBU.
-    """
-    if "mbu_table" not in group or "decode_tok_s" not in group:
+def roofline_mbu(df: pd.DataFrame) -> tuple[pd.Series, Optional[str]]:
+    """Each run's MBU against the datasheet bandwidth where it has one, else against the bandwidth measured on
+    the machine (CPUs have no datasheet entry), and which of the two fields leads: None when no run has either."""
+    empty = pd.Series(float("nan"), index=df.index)
+    table, measured = (df[f] if f in df else empty for f in ("mbu_table", "mbu_measured"))
+    field = "mbu_table" if table.notna().any() else "mbu_measured" if measured.notna().any() else None
+    return table.fillna(measured), field
+
+
+def add_roofline(ax, group: pd.DataFrame, palette: Palette) -> None:
+    """The memory-bandwidth roofline of each line, dashed in its colour: the decode rate at which reading the
+    weights and the KV cache once per step takes the peak bandwidth, i.e. the achieved decode rate divided by its
+    MBU (runner.roofline; roofline_mbu says which peak). Nothing is drawn where the records have no MBU."""
+    if "decode_tok_s" not in group:
         return
-    _lines(ax, group.dropna(subset=["mbu_table", "decode_tok_s"]), lambda runs: runs["decode_tok_s"] / runs["mbu_table"],
-           palette, linestyle="--", marker=None, alpha=0.7)
+    group = group.assign(roofline_tok_s=group["decode_tok_s"] / roofline_mbu(group)[0])
+    group = group.dropna(subset=["roofline_tok_s"])
+    _lines(ax, group, lambda runs: runs["roofline_tok_s"], palette, linestyle="--", marker=None, alpha=0.7)
 
 
-def latency_percentiles(df: pd.DataFrame, palette: dict, path: Path) -> Path:
+def latency_percentiles(df: pd.DataFrame, palette: Palette, path: Path) -> Path:
     """TTFT (top row) and TPOT (bottom row) p50/p90/p99 per configuration against batch size."""
     fig, models, axes = _panels(df, rows=2, height=4.0)
     metrics = [("ttft_ms", "TTFT (ms)", "time to first token"), ("tpot_ms", "TPOT (ms)", "time per output token")]
@@ -118,20 +157,22 @@ def latency_percentiles(df: pd.DataFrame, palette: dict, path: Path) -> Path:
 
 
 def write_plots(df: pd.DataFrame, out: Path) -> list[Path]:
-    """Every plot of the report for the successful runs in df (with a `configuration` column); [] if none."""
+    """Every plot of the report for the successful runs in df (with runner.results.labelled's `configuration`
+    and `workload` columns); [] if none."""
     ok = df[df["status"] == "ok"]
     if ok.empty:
         return []
-    palette = colors(list(ok["configuration"].unique()))
+    colours = palette(ok)
     memory, memory_label = memory_column(ok)
+    peak = {"mbu_table": "datasheet", "mbu_measured": "measured"}.get(roofline_mbu(ok)[1])
     return [
-        per_batch_plot(ok, palette, out / "throughput.png", "output throughput", "output tokens/s",
+        per_batch_plot(ok, colours, out / "throughput.png", "output throughput", "output tokens/s",
                        lambda runs: runs["output_tok_s"], log_y=True),
-        per_batch_plot(ok, palette, out / "memory.png", "peak memory", memory_label,
+        per_batch_plot(ok, colours, out / "memory.png", "peak memory", memory_label,
                        lambda runs: runs[memory]),
-        latency_percentiles(ok, palette, out / "latency.png"),
-        per_batch_plot(ok, palette, out / "decode_rate.png", "achieved decode rate",
+        latency_percentiles(ok, colours, out / "latency.png"),
+        per_batch_plot(ok, colours, out / "decode_rate.png", "achieved decode rate",
                        "batch × 1000 / TPOT p50 (tok/s)",
                        lambda runs: runs["batch_size"] * 1000.0 / runs["tpot_ms_p50"], extra=add_roofline,
-                       log_y=True, note="solid: achieved; dashed: bandwidth roofline"),
+                       log_y=True, note=f"solid: achieved; dashed: {peak} bandwidth roofline" if peak else ""),
     ]

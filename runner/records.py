@@ -13,6 +13,16 @@ from typing import Any
 RECORD_NAME = "record.json"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates its file 0600; a record is an ordinary file, readable as the user's umask says (0644 for 022)
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     """Nested dataclasses/dicts to one level, keys joined with '_' (engine.dtype -> engine_dtype).
 
@@ -42,8 +52,10 @@ def write_json_atomic(path: Path, data: Any) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=1, allow_nan=False, default=str)
             f.flush()
+            os.fchmod(f.fileno(), _FILE_MODE)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from runner.results import RAW_SAMPLE_COLUMNS, export, latest, load_results, speedup
+from runner.results import RAW_SAMPLE_COLUMNS, export, labelled, latest, load_results, speedup
+from runner.results import configuration  # noqa: F401  (moved to runner.results; imported from here by others)
 
-# (column in the table, record field, decimals). Fields a record lacks are left out of the table.
-COLUMNS = [
-    ("batch", "batch_size", 0),
+# (column in the table, record field, decimals). Fields a record lacks are left out of the table, and so are
+# the OPTIONAL ones no run has a value for.
+KEY_COLUMNS = [("batch", "batch_size", 0), ("workload", "workload", None)]  # workload: runner.results.labelled
+COLUMNS = KEY_COLUMNS + [
     ("prompts", "prompts", 0),
     ("in tok", "input_tokens", 0),
     ("out tok", "output_tokens", 0),
@@ -32,7 +34,10 @@ COLUMNS = [
     ("CI low", "output_tok_s_ci_low", 1),  # 95 % interval of out tok/s (runner.stats.mean_ci), and its CV
     ("CI high", "output_tok_s_ci_high", 1),
     ("CV", "output_tok_s_cv", 3),
-    ("MBU", "mbu_table", 2),  # of the datasheet bandwidth (runner.roofline)
+    # MBU against the datasheet bandwidth (GPUs in runner.roofline's table) and against the copy bandwidth
+    # measured on the machine (every device): which peak the figure divides by is in the column's name.
+    ("MBU datasheet", "mbu_table", 2),
+    ("MBU measured", "mbu_measured", 2),
     ("speed-up", "output_tok_s_speedup", 2),  # only with a baseline (runner.results.speedup)
     ("load s", "load_s", 1),
     ("weights MiB", "weights_mib", 0),
@@ -43,46 +48,52 @@ COLUMNS = [
     ("perplexity", "perplexity", 2),
     ("J/tok", "joules_per_output_token", 3),
 ]
-LATENCY_COLUMNS = [("batch", "batch_size", 0)] + [
+OPTIONAL = {"mbu_table", "mbu_measured"}
+LATENCY_COLUMNS = KEY_COLUMNS + [
     (f"{name} {q} ms", f"{field}_{q}", digits)
     for name, field, digits in [("TTFT", "ttft_ms", 1), ("TPOT", "tpot_ms", 2), ("ITL", "itl_ms", 2),
                                 ("E2EL", "e2el_ms", 0)]
     for q in ("p50", "p90", "p99")
 ]
-WORKLOAD = {"model_name": "model", "dataset_name": "dataset", "prompts": "prompts", "input_tokens": "in tok",
-            "generation_max_new_tokens": "new tok per prompt", "generation_ignore_eos": "ignore EOS",
-            "measure_warmup_batches": "warm-up batches"}
+WORKLOAD = {"model_name": "model", "workload": "workload", "dataset_name": "dataset", "prompts": "prompts",
+            "input_tokens": "in tok", "generation_max_new_tokens": "new tok per prompt",
+            "generation_ignore_eos": "ignore EOS", "measure_warmup_batches": "warm-up batches"}
 PLOT_CAPTIONS = {
     "throughput.png": "Output tokens/s against batch size.",
     "memory.png": "Peak memory against batch size (the axis says which: device NVML peak, or host RSS).",
     "latency.png": "TTFT and TPOT per request, p50 (solid), p90 (dashed), p99 (dotted); log scales.",
-    "decode_rate.png": "Achieved decode rate, batch × 1000 / TPOT p50. The memory-bandwidth roofline is not "
-                       "drawn yet: it needs the device's peak bandwidth, which the records do not carry.",
 }
+PEAKS = {"mbu_table": "the datasheet bandwidth (`peak_bandwidth_gb_s_table`)",
+         "mbu_measured": "the copy bandwidth measured on the machine (`peak_bandwidth_gb_s_measured`)"}
 
 
-def configuration(row: pd.Series) -> str:
-    """A short label of what ran: engine plus the settings that change its numbers."""
-    parts = [row.get("engine_name"), row.get("dtype")]
-    for key in ("quantization", "engine_quant_type"):
-        value = row.get(key)
-        if isinstance(value, str) and value not in ("none", ""):
-            parts.append(value)
-    if row.get("batching") == "sequential":
-        parts.append("sequential")
-    return " ".join(str(p) for p in parts if isinstance(p, str) and p)
+def decode_rate_caption(rows: pd.DataFrame) -> str:
+    """What decode_rate.png shows, the roofline's peak included: the records' own MBU figures decide."""
+    from runner.plots import roofline_mbu
+
+    _, field = roofline_mbu(rows[rows["status"] == "ok"])
+    achieved = "Achieved decode rate, batch × 1000 / TPOT p50 (solid). "
+    if field is None:
+        return achieved + ("No roofline: no run has an MBU (`roofline_note` in results.csv says why: no peak "
+                           "bandwidth, model shape or TPOT).")
+    fallback = " where the records have it, else against the measured one" if field == "mbu_table" else ""
+    return achieved + (f"Dashed: the memory-bandwidth roofline, decode tok/s ÷ MBU, i.e. the rate at which "
+                       f"reading the weights and KV cache once per step takes all of {PEAKS[field]}{fallback}.")
 
 
-def table(df: pd.DataFrame, columns: list[tuple[str, str, int]] = COLUMNS) -> pd.DataFrame:
-    """One row per run: model, configuration, status, then the `columns` the records have, renamed."""
-    df = df.assign(configuration=df.apply(configuration, axis=1))
-    present = [(name, field, digits) for name, field, digits in columns if field in df]
+def table(df: pd.DataFrame, columns: list[tuple[str, str, int | None]] = COLUMNS) -> pd.DataFrame:
+    """One row per run: model, configuration, status, then the `columns` the records have, renamed; the
+    workload and configuration labels of runner.results.labelled tell apart runs that differ in anything."""
+    df = labelled(df)
+    present = [(name, field, digits) for name, field, digits in columns
+               if field in df and not (field in OPTIONAL and df[field].isna().all())]
     out = df[["model_name", "configuration", "status", *(f for _, f, _ in present)]].copy()
     out.columns = ["model", "configuration", "status", *(n for n, _, _ in present)]
-    return out.sort_values(["model", "configuration", "batch"], kind="stable").reset_index(drop=True)
+    order = [c for c in ("model", "workload", "configuration", "batch") if c in out]
+    return out.sort_values(order, kind="stable").reset_index(drop=True)
 
 
-DIGITS = {name: digits for name, _, digits in COLUMNS + LATENCY_COLUMNS}
+DIGITS = {name: digits for name, _, digits in COLUMNS + LATENCY_COLUMNS if digits is not None}
 
 
 def cell(column: str, value) -> str:
@@ -112,7 +123,7 @@ def environment(df: pd.DataFrame) -> str:
 
 def failures(df: pd.DataFrame) -> str:
     failed = df[df["status"] != "ok"]
-    lines = [f"- {r.model_name} · {r.configuration} · batch {r.batch_size}: **{r.status}** — "
+    lines = [f"- {r.model_name} · {r.configuration} · {r.workload} · batch {r.batch_size}: **{r.status}** — "
              f"{str(r.error).strip().splitlines()[-1] if isinstance(r.error, str) else 'no error recorded'} "
              f"(`{r.run_dir}`)" for r in failed.itertuples()]
     return "\n".join(lines)
@@ -142,7 +153,7 @@ def report_markdown(df: pd.DataFrame, paths: list[str], superseded: int, baselin
         parts.append(serving_section(serving))
     if plots:
         parts.append("## Plots (successful runs only)")
-        captions = {**PLOT_CAPTIONS, PLOT_NAME: PLOT_CAPTION}
+        captions = {**PLOT_CAPTIONS, "decode_rate.png": decode_rate_caption(df), PLOT_NAME: PLOT_CAPTION}
         parts += [f"![{p.stem}]({p.name})\n\n{captions.get(p.name, '')}" for p in plots]
     parts += ["## Environment", environment(runs), "Full precision values, one row per run: `results.csv`."]
     return "\n\n".join(parts) + "\n"
@@ -151,18 +162,23 @@ def report_markdown(df: pd.DataFrame, paths: list[str], superseded: int, baselin
 def offline_sections(df: pd.DataFrame, baseline: str | None) -> list[str]:
     ok = df["status"] == "ok"
     parts = [
-        "## Workload", markdown(df.loc[ok, [c for c in WORKLOAD if c in df]].drop_duplicates()
-                                .rename(columns=WORKLOAD)),
+        "## Workload", "`workload` = dataset[prompt slice] and new tokens per prompt (`≤` when EOS may end a "
+        "request early), longer where two workloads would otherwise look alike; rows of different workloads are "
+        "never compared.",
+        markdown(df.loc[ok, [c for c in WORKLOAD if c in df]].drop_duplicates().rename(columns=WORKLOAD)),
         "## Results",
         "`batch p50 ms` is one `generate` call for the whole batch; TTFT/TPOT are per request; `out tok/s` = all "
         "output tokens / sum of batch latencies. `weights` = what the engine holds; `host peak` = peak RSS from "
         "model load on; `device peak` = NVML used memory, peak minus the reading before load; `torch alloc` = "
         "PyTorch's peak allocated. `greedy agree` (when the records have it) = share of identical greedy tokens "
-        "against the reference (`greedy_reference` in results.csv). Failed runs keep their row, status not `ok`, figures `—`.",
+        "against the reference (`greedy_reference` in results.csv). `MBU datasheet` / `MBU measured` (when some "
+        "run has one) = decode bytes per step / TPOT mean / peak bandwidth: the datasheet's (GPUs in "
+        "runner/roofline.py's table), or the copy bandwidth measured on the machine (CPUs too). Failed runs keep "
+        "their row, status not `ok`, figures `—`.",
     ]
     if baseline:
         parts.append(f"`speed-up` = out tok/s divided by that of the baseline run (`{baseline}`) of the same "
-                     "model and batch size.")
+                     "model, workload and batch size (`—` where the baseline did not run that workload).")
     parts += [markdown(table(df)), "## Latency percentiles (ms, per request; ITL pooled over every token gap)",
               markdown(table(df, LATENCY_COLUMNS))]
     if (~ok).any():
@@ -172,9 +188,9 @@ def offline_sections(df: pd.DataFrame, baseline: str | None) -> list[str]:
 
 def prepare(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     """The report's rows: the latest run of each configuration, labelled, sorted, with the speed-up column."""
-    rows = latest(df)
-    rows = rows.assign(configuration=rows.apply(configuration, axis=1))
-    rows = rows.sort_values(["model_name", "configuration", "batch_size"], kind="stable").reset_index(drop=True)
+    rows = labelled(latest(df))
+    rows = rows.sort_values(["model_name", "workload", "configuration", "batch_size"], kind="stable")
+    rows = rows.reset_index(drop=True)
     if baseline:
         rows["output_tok_s_speedup"] = speedup(rows, "output_tok_s", baseline)
     return rows

@@ -1,7 +1,8 @@
 """Resume: a point whose complete record already exists under the outputs root is skipped.
 
 A run key is a hash of the resolved config (engine, model, dataset slice, generation, measure, batch size,
-scenario...), never of where or how it runs (outputs_root, isolation, timeout_s, resume, cache_dir).
+scenario...) and of the exact prompt token ids, never of where or how it runs (outputs_root, isolation,
+timeout_s, resume, cache_dir).
 Only status=ok records count as complete: failed points (oom, error, crashed, timeout) are retried on the
 next run of the sweep, since a failure is often transient or fixed in between. resume=false reruns all.
 
@@ -25,8 +26,11 @@ INDEX_NAME = "run_index.jsonl"
 NOT_IN_KEY = {"outputs_root", "isolation", "timeout_s", "resume", "cache_dir"}
 
 
-def run_key(cfg: Any) -> str:
+def run_key(cfg: Any, prompts_sha256: Optional[str] = None) -> str:
+    """The point's identity: its resolved config and the fingerprint of the exact prompt token ids it runs
+    (so that an edited prompts file, or another tokenizer, is a new point, not a resumed one)."""
     fields = {k: v for k, v in flatten(cfg).items() if k not in NOT_IN_KEY}
+    fields["prompts_sha256"] = prompts_sha256
     text = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -16,8 +16,10 @@ from runner.config import BenchConfig, ConfigError, validate
 from runner.data import load_prompts
 from runner.environment import environment
 from runner.measure import measure_run
-from runner.models import prepare, tokenizer_source
+from runner.models import preparation_requirements, prepare, tokenizer_source
 from runner.quality import agreement_fields, wanted_reference
+from runner.data import data_file_fingerprint, prompts_fingerprint
+from runner.interrupts import deferred
 from runner.records import RECORD_NAME, flatten, write_json_atomic
 from runner.resume import find_complete, index_record, run_key
 
@@ -52,17 +54,43 @@ def _prompts(dataset: Any, source: str, kwargs: tuple) -> list[list[int]]:
     return [list(p) for p in _prompt_cache[key]]
 
 
+def _engine_class(cfg: BenchConfig) -> type:
+    try:
+        return get_engine_class(cfg.engine.name)
+    except KeyError as exc:
+        raise ConfigError(exc.args[0]) from None
+
+
+def check_requirements(cfg: BenchConfig) -> None:
+    """Every optional package this point needs is installed, or a ConfigError naming the install command.
+
+    Run for every point of a sweep before the first starts (runner.__main__), and again by ``plan``: a
+    missing package must not cost a run, a failed record or a half-made run directory.
+    """
+    if cfg.scenario == "serving" and cfg.server.url:
+        return  # attach mode: the server is someone else's; runner.serving checks its own client packages
+    engine_cls = _engine_class(cfg)
+    needed = list(engine_cls.requirements(cfg.engine))
+    missing = [r for r in needed if not r.installed()]
+    if not missing:  # the variant may need the engine's package to be computed (CTranslate2's compute types)
+        variant = engine_cls.model_variant(cfg.engine)
+        needed = preparation_requirements(cfg.model, engine_cls.model_format, cfg.cache_dir, variant)
+        missing = [r for r in needed if not r.installed()]
+    if missing:
+        first = missing[0]
+        raise ConfigError(f"{first.needed_by or f'engine={cfg.engine.name}'} needs the '{first.module}' package, "
+                          f"which is not installed: {first.install}")
+
+
 def plan(cfg: BenchConfig) -> Workload:
     """Validate the config, read and tokenize the prompts. Raises ConfigError, loads no model weights."""
+    validate(cfg)
+    check_requirements(cfg)
     if cfg.scenario == "serving":  # requests to an OpenAI-compatible server: runner/serving
         from runner import serving
 
         return serving.plan(cfg)
-    validate(cfg)
-    try:
-        engine_cls = get_engine_class(cfg.engine.name)
-    except KeyError as exc:
-        raise ConfigError(exc.args[0]) from None
+    engine_cls = _engine_class(cfg)
     variant = engine_cls.model_variant(cfg.engine)
     source, kwargs = tokenizer_source(cfg.model, cfg.cache_dir)
     prompts = _prompts(cfg.dataset, source, tuple(sorted(kwargs.items())))
@@ -74,18 +102,25 @@ def plan(cfg: BenchConfig) -> Workload:
     return Workload(engine_cls=engine_cls, model_variant=variant, prompts=prompts, sampling=sampling)
 
 
-def execute(cfg: BenchConfig, work: Workload, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+def _fingerprints(cfg: BenchConfig, work: Any) -> dict[str, Optional[str]]:
+    """What exactly ran: the prompt token ids (part of the run key: edited prompts are a new point) and the
+    data file they came from (provenance)."""
+    prompts = work.prompt_ids if cfg.scenario == "serving" else work.prompts
+    return {"prompts_sha256": prompts_fingerprint(prompts), "dataset_file_sha256": data_file_fingerprint(cfg.dataset)}
+
+
+def completed_record(cfg: BenchConfig, work: Any) -> Optional[dict[str, Any]]:
+    """The status=ok record of this very point (same run key) under cfg.outputs_root, if one exists."""
+    return find_complete(Path(cfg.outputs_root), run_key(cfg, _fingerprints(cfg, work)["prompts_sha256"]))
+
+
+def execute(cfg: BenchConfig, work: Any, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     """Run the workload (as cfg.isolation says) and write ``record.json`` in ``run_dir``; a failure is a record.
 
-    With cfg.resume, a point whose status=ok record exists under cfg.outputs_root is not run again: the
-    existing record is returned with ``skipped=True`` and nothing is written (runner/resume.py).
+    ``run_dir`` must be this run's own (runner.rundir.claim): the record is written there. Resume is the
+    caller's: see :func:`completed_record`.
     """
-    key = run_key(cfg)
-    root = Path(cfg.outputs_root)
-    if cfg.resume:
-        done = find_complete(root, key)
-        if done is not None:
-            return {**done, "skipped": True}
+    fingerprints = _fingerprints(cfg, work)
     if cfg.scenario == "serving":
         from runner import serving
 
@@ -101,9 +136,10 @@ def execute(cfg: BenchConfig, work: Workload, run_dir: Path, overrides: list[str
         record.update(outcome)
         if "env_python" not in record:  # the child died before describing its environment
             record.update(environment(work.engine_cls.packages))
-    record["run_key"] = key
-    write_json_atomic(run_dir / RECORD_NAME, record)
-    index_record(root, run_dir / RECORD_NAME, record)
+    record.update(fingerprints, run_key=run_key(cfg, fingerprints["prompts_sha256"]))
+    with deferred():  # a Ctrl-C now would lose a finished result: it takes effect after the write
+        write_json_atomic(run_dir / RECORD_NAME, record)
+        index_record(Path(cfg.outputs_root), run_dir / RECORD_NAME, record)
     return record
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -31,12 +32,18 @@ def _pct(value: Any) -> str:
     return "—" if value is None else f"{value * 100:.1f}%"
 
 
+def _interval_label(record: dict[str, Any]) -> str:
+    method, unit = record.get("output_tok_s_ci_method"), record.get("output_tok_s_ci_unit")
+    return f"95% CI, {method} by {unit}" if method else f"no interval: one {unit or 'sample'}"
+
+
 def print_summary(record: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
-    title = f"{record.get('engine_name')} · {record.get('model_name')} · batch {record.get('batch_size')}"
+    title = escape(f"{record.get('engine_name')} · {record.get('model_name')} · batch {record.get('batch_size')}")
     if record["status"] != "ok":
-        console.print(f"[bold red]{title}: {record['status']}[/] {record['error']}")
-        console.print(f"record: {record['run_dir']}/record.json")
+        # escape: an error text such as "pip install -e '.[llamacpp]'" is not rich markup
+        console.print(f"[bold red]{title}: {record['status']}[/] {escape(str(record['error']))}")
+        _print_path(record)
         return
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("metric")
@@ -50,8 +57,7 @@ def print_summary(record: dict[str, Any], console: Console | None = None) -> Non
         ("model prepare s (not timed)", _fmt(record.get("model_prepare_s"), 2)),
         ("load s", _fmt(record["load_s"], 2)),
         ("repetitions / steady state", f"{record.get('repetitions')} / {_fmt(record.get('steady_state'))}"),
-        (f"output tok/s [95% CI, {record.get('output_tok_s_ci_method')} by {record.get('output_tok_s_ci_unit')}]",
-         _ci(record, "output_tok_s", "output_tok_s", "output_tok_s_cv")),
+        (f"output tok/s [{_interval_label(record)}]", _ci(record, "output_tok_s", "output_tok_s", "output_tok_s_cv")),
         ("total tok/s", _fmt(record["total_tok_s"])),
         ("requests/s", _fmt(record["requests_per_s"], 3)),
         ("batch latency ms p50 / p90 / p99", " / ".join(
@@ -75,7 +81,14 @@ def print_summary(record: dict[str, Any], console: Console | None = None) -> Non
         ("torch peak allocated / reserved MiB",
          f"{_fmt(record.get('torch_peak_allocated_mib'))} / {_fmt(record.get('torch_peak_reserved_mib'))}"),
     ]
+    if record.get("batch_size_note"):
+        rows.insert(0, ("batch size", str(record["batch_size_note"])))
     for name, value in rows:
-        table.add_row(name, value)
+        table.add_row(escape(name), escape(value))
     console.print(table)
-    console.print(f"record: {record['run_dir']}/record.json")
+    _print_path(record)
+
+
+def _print_path(record: dict[str, Any]) -> None:
+    # print(), not rich: a path wrapped at the terminal's (or a pipe's 80-column) width cannot be copied
+    print(f"record: {record['run_dir']}/record.json", flush=True)

@@ -65,7 +65,7 @@ def test_eos_allowed_counts_only_tokens_really_generated(run_cli, tmp_path):
         (["generation.max_new_tokens=-1"], "error: generation.max_new_tokens=-1: must be greater than 0"),
         (["engine=nope"], "error: Could not find 'engine/nope'; valid choices: "),
         (["model=nope"], "valid choices: llama2-7b-random, smollm2-135m, tiny-llama-random"),
-        (["dataset=nope"], "valid choices: sharegpt, synthetic, tinystories"),
+        (["dataset=nope"], "valid choices: file, sharegpt, synthetic, tinystories"),
         (["engine.dtype=fp8"], "expected one of [auto, float32, float16, bfloat16]"),
         (["engine.nope=1"], "Key 'nope' not in 'HFEngineConfig'; valid keys: name, engine_kwargs, dtype"),
         (["+engine.nope=1"], "error: engine.nope: unknown key; valid keys: name"),

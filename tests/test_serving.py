@@ -1,20 +1,24 @@
 """scenario=serving end to end: llama-cpp-python's real server on the real SmolLM2, on loopback.
 
 A few minutes on 2 cores: a 3-rate sweep and a ramp run (shared by the module, with one offline run
-beside them for the report), an attach-mode run checked against a hand-timed request, a failing run and
+beside them for the report), an attach-mode run checked against a hand-timed request, attach-mode runs
+against an in-test peer that wants an API key (sent on every request, written nowhere), a failing run and
 an interrupted run (the server must be gone after each), config errors, the metric arithmetic by hand,
 the arrival schedule, and the report's serving table against the records.
 """
 
 from __future__ import annotations
 
+import http.server
 import json
 import math
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -211,6 +215,106 @@ def test_attach_mode_agrees_with_a_hand_timed_request(tmp_path, cache_dir):
     assert 0.5 * hand_tpot < fastest < 2.0 * hand_tpot, (hand, fastest)
 
 
+class _KeyedPeer(http.server.BaseHTTPRequestHandler):
+    """The peer for the API-key test: a small OpenAI-compatible server that wants ``Bearer <key>`` on every
+    request (401 otherwise), lists one model and streams ``max_tokens`` text chunks. Model "echo" answers
+    500 with the Authorization header in the body, as a careless server might."""
+
+    key, seen = "", []  # set per test by a subclass
+
+    def log_message(self, *args):  # quiet: the test's output is what is grepped
+        pass
+
+    def _send(self, status: int, payload: dict) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _refused(self) -> bool:
+        auth = self.headers.get("Authorization")
+        self.seen.append((self.command, self.path, auth))
+        if auth != f"Bearer {self.key}":
+            self._send(401, {"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}})
+            return True
+        return False
+
+    def do_GET(self):
+        if not self._refused():
+            self._send(200 if self.path == "/v1/models" else 404, {"object": "list", "data": [{"id": "peer"}]})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self._refused():
+            return
+        if body["model"] == "echo":
+            self._send(500, {"error": f"unknown model; you sent {self.headers['Authorization']}"})
+            return
+        self.send_response(200)  # HTTP/1.0: the stream ends when the connection closes
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        n = body["max_tokens"]
+        for i in range(n):
+            chunk = {"choices": [{"index": 0, "text": f" t{i}", "finish_reason": "length" if i == n - 1 else None}]}
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            self.wfile.flush()
+        self.wfile.write(b"data: [DONE]\n\n")
+
+
+def test_attach_mode_api_key_is_sent_and_never_written(tmp_path, cache_dir, monkeypatch):
+    from runner.serving.auth import REDACTED
+
+    key = f"sk-test-{secrets.token_hex(16)}"
+    handler = type("Peer", (_KeyedPeer,), {"key": key, "seen": []})
+    peer = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=peer.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{peer.server_address[1]}/v1"
+    light = ["scenario=serving", f"server.url={url}", "dataset=synthetic", "dataset.input_len=8", "dataset.limit=2",
+             "serving.num_requests=3", "generation.max_new_tokens=4"]
+
+    def run(name: str, env: dict, *args: str):
+        for var in ("OPENAI_API_KEY", "PEER_KEY"):
+            monkeypatch.delenv(var, raising=False)
+        for var, value in env.items():
+            monkeypatch.setenv(var, value)
+        handler.seen.clear()
+        (tmp_path / name).mkdir()
+        proc = run_runner(tmp_path / name, cache_dir, *light, *args, timeout=300)
+        (record,) = _records(tmp_path / name / "outputs")
+        return proc, record, list(handler.seen)
+
+    try:
+        # The key in OpenAI's usual variable (the default server.api_key_env): on every request.
+        ok, record, seen = run("with_key", {"OPENAI_API_KEY": key}, "server.model=peer")
+        assert ok.returncode == 0 and record["status"] == "ok", ok.stderr[-2000:]
+        assert record["completed_requests"] == 3 and record["output_tokens"] == 3 * 4
+        assert (record["server_api_key_env"], record["server_auth"]) == ("OPENAI_API_KEY", "bearer")
+        assert {(m, p) for m, p, _ in seen} == {("GET", "/v1/models"), ("POST", "/v1/completions")}
+        assert len(seen) == 1 + 1 + 3 and {a for _, _, a in seen} == {f"Bearer {key}"}  # models, warm-up, load
+        # No key: no header at all, and a one-line error that says which variable to set.
+        missing, record, seen = run("without_key", {}, "server.model=peer")
+        assert missing.returncode == 1 and record["status"] == "error" and record["server_auth"] == "none"
+        assert seen == [("GET", "/v1/models", None)]
+        assert f"HTTP 401 from {url}/models: set OPENAI_API_KEY (server.api_key_env) to the server's key" in \
+            record["error"]
+        assert "OPENAI_API_KEY (server.api_key_env)" in missing.stderr
+        # Another variable's name; the server echoes the header into an error body, which the record scrubs.
+        echoed, record, seen = run("echoed", {"PEER_KEY": key}, "server.model=echo", "server.api_key_env=PEER_KEY")
+        assert echoed.returncode == 1 and record["status"] == "error" and record["server_api_key_env"] == "PEER_KEY"
+        assert f"Bearer {REDACTED}" in record["error"] and {a for _, _, a in seen} == {f"Bearer {key}"}
+    finally:
+        peer.shutdown()
+        peer.server_close()
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"record.json", "config.yaml", "overrides.yaml", "hydra.yaml"}  # any log too
+    for path in files:
+        assert key not in path.read_text(errors="replace"), f"the key leaked into {path}"
+    for proc in (ok, missing, echoed):
+        assert key not in proc.stdout + proc.stderr
+
+
 def test_failing_run_leaves_no_server(run_cli, tmp_path):
     # A 32-cell context cannot hold these prompts: the server answers every request with an error.
     proc = run_cli(*SERVE, "engine.n_ctx=32", "dataset.min_prompt_tokens=40")
@@ -257,11 +361,13 @@ def test_interrupted_run_leaves_no_server(tmp_path, cache_dir, sig):
     (["serving.request_rate=0"], "serving.request_rate=0.0: must be > 0 requests/s, or inf"),
     (["serving.max_concurrency=0"], "serving.max_concurrency=0: must be >= 1"),
     (["serving.ramp=step"], "serving.ramp=step: unknown; valid choices: linear, exponential, or null"),
+    (["server.api_key_env=sk-live-0123"], "server.api_key_env: not an environment variable name"),  # key not echoed
     (["scenario=nope"], "valid choices"),
 ])
 def test_bad_serving_config_is_one_line(run_cli, tmp_path, args, message):
     proc = run_cli("scenario=serving", *args)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "sk-live-0123" not in proc.stderr  # a value that may be the key itself is never echoed
     assert not (tmp_path / "outputs").exists()
 
 

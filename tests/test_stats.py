@@ -75,7 +75,9 @@ def test_headline_uncertainty_uses_repetitions_when_there_are_several():
     # Two repetitions of the same two batches: 20 tokens in 2 s (10 tok/s), then in 4 s (5 tok/s).
     batches = [BatchSample(0, 1, 5, 10, 1000.0, repetition=0), BatchSample(1, 1, 5, 10, 1000.0, repetition=0),
                BatchSample(0, 1, 5, 10, 2000.0, repetition=1), BatchSample(1, 1, 5, 10, 2000.0, repetition=1)]
-    requests = [request_sample(0, 5, 0.0, [0.1, 0.2, 0.3], 3) for _ in range(4)]
+    requests = [request_sample(b.batch, 5, 0.0, [0.1, 0.2, 0.3], 3) for b in batches]
+    for request, batch in zip(requests, batches):
+        request.repetition = batch.repetition
     out = headline_uncertainty(batches, requests)
     assert out["output_tok_s_samples"] == pytest.approx([10.0, 5.0])  # 20 tok / 2 s, 20 tok / 4 s
     assert out["output_tok_s_ci_unit"] == "repetition" and out["repetitions"] == 2
@@ -85,7 +87,19 @@ def test_headline_uncertainty_uses_repetitions_when_there_are_several():
     # CV of (10, 5): sd = 3.5355, mean 7.5 -> 0.4714
     assert out["output_tok_s_cv"] == pytest.approx(0.4714, rel=1e-3)
     assert out["tpot_ms_cv"] == pytest.approx(0.0) and out["tpot_ms_mean_ci_low"] == pytest.approx(100.0)
-    assert out["steady_state"] is None
+    assert out["steady_state"] is None and out["latency_ci_unit"] == "batch"
+
+
+def test_latency_intervals_count_a_static_batch_once():
+    """The 4 requests of one batch share their first-token time: 4 equal TTFTs are one sample, not 4, so
+    there is no interval (a width-0 one was printed before). Two batches give one."""
+    one_batch = [request_sample(0, 5, 0.0, [0.1, 0.2], 2) for _ in range(4)]
+    out = headline_uncertainty([BatchSample(0, 4, 20, 8, 200.0)], one_batch)
+    assert out["ttft_ms_mean_ci_low"] is None and out["ttft_ms_mean_ci_high"] is None
+    two = one_batch[:2] + [request_sample(1, 5, 0.0, [0.3, 0.4], 2) for _ in range(2)]
+    out = headline_uncertainty([BatchSample(0, 2, 10, 4, 200.0), BatchSample(1, 2, 10, 4, 400.0)], two)
+    # units: batch 0's mean TTFT 100 ms, batch 1's 300 ms; t(0.975, 1) = 12.706, sd 141.42 / sqrt(2) = 100
+    assert (out["ttft_ms_mean_ci_low"], out["ttft_ms_mean_ci_high"]) == pytest.approx((0.0, 1470.6), abs=0.1)
 
 
 def test_a_cpu_run_with_repetitions_writes_every_new_field(run_cli, tmp_path):

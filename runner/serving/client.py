@@ -16,6 +16,8 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from runner.serving.auth import AUTH_REFUSED, NO_AUTH, Auth
+
 
 @dataclass
 class RequestResult:
@@ -53,12 +55,19 @@ def _chunk_tokens(chunk: dict[str, Any], seen_usage: int) -> tuple[int, Optional
     return (1 if choices[0].get("text") else 0), None
 
 
-async def stream_completion(session, url: str, body: dict[str, Any], result: RequestResult) -> RequestResult:
-    """POST ``body`` to ``url`` and fill ``result`` as the stream arrives; errors are kept, never raised."""
+async def stream_completion(session, url: str, body: dict[str, Any], result: RequestResult,
+                            auth: Auth = NO_AUTH) -> RequestResult:
+    """POST ``body`` to ``url`` and fill ``result`` as the stream arrives; errors are kept, never raised.
+
+    The key travels in the session's headers; ``auth`` only words a 401/403 (the body is left out: a
+    server may echo the request back)."""
     usage_total = 0
     try:
         result.sent_at = time.perf_counter()
         async with session.post(url, json=body) as response:
+            if response.status in AUTH_REFUSED:
+                result.error = auth.refused(response.status, url)
+                return result
             if response.status != 200:
                 result.error = f"HTTP {response.status}: {(await response.text())[:300]}"
                 return result
@@ -137,8 +146,10 @@ def arrival_gaps_s(count: int, request_rate: float, burstiness: float, seed: int
 
 
 async def run_load(url: str, bodies: list[dict[str, Any]], input_tokens: list[int], gaps_s: list[float],
-                   max_concurrency: Optional[int], time_limit_s: float) -> tuple[list[RequestResult], float, float]:
-    """Send every body at its arrival time (open loop), at most ``max_concurrency`` in flight.
+                   max_concurrency: Optional[int], time_limit_s: float,
+                   auth: Auth = NO_AUTH) -> tuple[list[RequestResult], float, float]:
+    """Send every body at its arrival time (open loop), at most ``max_concurrency`` in flight, each with
+    ``auth``'s header (aiohttp drops it on a redirect to another host).
 
     Returns the results, and the start and end (perf_counter) of the measured phase. Requests not sent, or
     still running, at ``time_limit_s`` are cancelled and counted as failed.
@@ -149,14 +160,15 @@ async def run_load(url: str, bodies: list[dict[str, Any]], input_tokens: list[in
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
     connector = aiohttp.TCPConnector(limit=0)  # the load decides concurrency, not the connection pool
     results = [RequestResult(index=i, input_tokens=n, sent_at=float("nan")) for i, n in enumerate(input_tokens)]
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector, trust_env=False) as session:
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector, trust_env=False,
+                                     headers=auth.headers()) as session:
 
         async def one(i: int) -> None:
             if limit is None:
-                await stream_completion(session, url, bodies[i], results[i])
+                await stream_completion(session, url, bodies[i], results[i], auth)
                 return
             async with limit:
-                await stream_completion(session, url, bodies[i], results[i])
+                await stream_completion(session, url, bodies[i], results[i], auth)
 
         async def launch_all() -> None:
             tasks = []

@@ -18,6 +18,7 @@ from typing import Any
 from runner.config import BenchConfig
 from runner.environment import environment
 from runner.records import RECORD_NAME, flatten, write_json_atomic
+from runner.serving.auth import Auth
 from runner.serving.client import arrival_gaps_s, request_body, run_load, target_rates_rps
 from runner.serving.metrics import request_samples, summarize_serving
 from runner.serving.plan import ServingWorkload, is_loopback
@@ -43,9 +44,14 @@ def execute(cfg: BenchConfig, work: ServingWorkload, run_dir: Path, overrides: l
         "batches": None, "batch_latency_ms_p50": None, "batch_latency_ms_p90": None, "batch_latency_ms_p99": None,
         "load_s": None, "host_peak_rss_mib": None, "host_peak_rss_method": "server process tree RSS (psutil)",
     }
+    # Launch mode sends the key too when the variable is set: the runner's own server is started without
+    # one (harmless, loopback only), and a server told to check one (server.extra_args, vLLM's
+    # VLLM_API_KEY) then works with server.api_key_env naming that variable. One rule for both modes.
+    auth = Auth.from_environment(cfg.server.api_key_env)
+    record["server_auth"] = auth.scheme
     server = None
     try:
-        server, base_url, served_name = _start_or_attach(cfg, work, run_dir, record)
+        server, base_url, served_name = _start_or_attach(cfg, work, run_dir, record, auth)
         url = f"{base_url}/completions"
         forcing = backend.forcing_fields(cfg.generation.max_new_tokens, cfg.generation.ignore_eos)
         extras = {**backend.request_extras, **forcing}
@@ -56,7 +62,7 @@ def execute(cfg: BenchConfig, work: ServingWorkload, run_dir: Path, overrides: l
 
         if work.warmup_prompts:  # one at a time, untimed: first-request costs (graph capture, caches) land here
             warm, _, _ = asyncio.run(run_load(url, bodies(work.warmup_prompts), [0] * len(work.warmup_prompts),
-                                              [0.0] * len(work.warmup_prompts), 1, cfg.serving.time_limit_s))
+                                              [0.0] * len(work.warmup_prompts), 1, cfg.serving.time_limit_s, auth))
             failed = [r.error for r in warm if not r.ok]
             if failed:
                 raise RuntimeError(f"warm-up request failed: {failed[0]}")
@@ -69,7 +75,7 @@ def execute(cfg: BenchConfig, work: ServingWorkload, run_dir: Path, overrides: l
         if server:
             server.start_memory_sampler()
         results, start, end = asyncio.run(run_load(url, bodies(work.prompts), [len(p) for p in work.prompt_ids],
-                                                   gaps, cfg.serving.max_concurrency, cfg.serving.time_limit_s))
+                                                   gaps, cfg.serving.max_concurrency, cfg.serving.time_limit_s, auth))
         if server:  # device memory: whole-device NVML peak during the load (absolute, not minus a baseline)
             record.update(server.stop_memory_sampler())
             record["host_peak_rss_mib"] = record["server_peak_rss_mib"]
@@ -86,27 +92,29 @@ def execute(cfg: BenchConfig, work: ServingWorkload, run_dir: Path, overrides: l
         record["error"] = f"{type(exc).__name__}: {exc}"
         record["traceback"] = traceback.format_exc()
         if not isinstance(exc, Exception):
-            _finish(record, server, backend, run_dir)
+            _finish(record, server, backend, run_dir, auth)
             raise
-    _finish(record, server, backend, run_dir)
+    _finish(record, server, backend, run_dir, auth)
     _print(record)
     return record
 
 
-def _finish(record, server, backend, run_dir: Path) -> None:
+def _finish(record, server, backend, run_dir: Path, auth: Auth) -> None:
     if server is not None:
         server.stop()
         record["server_log"] = str(run_dir / SERVER_LOG)
     record.update(environment(backend.packages))
+    # Our own texts never hold the key; a server's error body or a library's message might echo it.
+    record.update(auth.scrub(record))
     write_json_atomic(run_dir / RECORD_NAME, record)
 
 
-def _start_or_attach(cfg: BenchConfig, work: ServingWorkload, run_dir: Path,
-                     record: dict[str, Any]) -> tuple[ServerProcess | None, str, str]:
+def _start_or_attach(cfg: BenchConfig, work: ServingWorkload, run_dir: Path, record: dict[str, Any],
+                     auth: Auth) -> tuple[ServerProcess | None, str, str]:
     if cfg.server.url:  # attach: traffic goes only to the URL given
         base_url = cfg.server.url.rstrip("/")
         record.update(server_loopback=is_loopback(base_url), server_pid=None)
-        if not models_ready(base_url, timeout_s=10):
+        if not models_ready(base_url, auth, timeout_s=10):  # a 401/403 raises, naming server.api_key_env
             raise RuntimeError(f"server.url={base_url}: GET {base_url}/models did not answer 200")
         return None, base_url, cfg.server.model
     from runner.models import prepare
@@ -121,7 +129,7 @@ def _start_or_attach(cfg: BenchConfig, work: ServingWorkload, run_dir: Path,
     served_name = cfg.server.model or cfg.model.name
     base_url = f"http://127.0.0.1:{port}/v1"
     command = work.backend.launch_command(cfg, prepared.path, port, served_name)
-    server = ServerProcess(command, work.backend.launch_env(cfg), run_dir / SERVER_LOG, base_url)
+    server = ServerProcess(command, work.backend.launch_env(cfg), run_dir / SERVER_LOG, base_url, auth)
     record.update(server_command=" ".join(command), server_loopback=True)
     try:
         record["server_startup_s"] = record["load_s"] = server.start(cfg.server.startup_timeout_s)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 import urllib.parse
 from dataclasses import dataclass
 from typing import Union
@@ -11,6 +12,8 @@ from typing import Union
 from runner.config import BenchConfig, ConfigError
 from runner.serving.backends import Backend, backend_for
 from runner.serving.client import RAMPS
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def validate_serving(cfg: BenchConfig) -> None:
@@ -37,6 +40,10 @@ def validate_serving(cfg: BenchConfig) -> None:
             raise ConfigError(f"serving.{key}={value}: must be greater than 0, or null (no SLO)")
     if server.startup_timeout_s <= 0:
         raise ConfigError(f"server.startup_timeout_s={server.startup_timeout_s}: must be greater than 0")
+    if server.api_key_env is not None and not ENV_NAME.fullmatch(server.api_key_env):
+        # The value is not echoed: one that is no variable name may well be the key itself.
+        raise ConfigError("server.api_key_env: not an environment variable name (letters, digits, _); "
+                          "give the variable's name (e.g. OPENAI_API_KEY), never the key itself")
     if server.url:
         parsed = urllib.parse.urlparse(server.url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:

@@ -21,6 +21,8 @@ from typing import Optional
 
 import psutil
 
+from runner.serving.auth import AUTH_REFUSED, NO_AUTH, Auth
+
 MIB = 2**20
 
 _live: set["ServerProcess"] = set()  # stopped at interpreter exit or SIGTERM if the run did not get to it
@@ -32,13 +34,33 @@ def free_loopback_port() -> int:
         return sock.getsockname()[1]
 
 
-def models_ready(base_url: str, timeout_s: float = 2.0) -> bool:
-    """True when GET <base_url>/models answers 200 (OpenAI-compatible servers list their models there)."""
+class ServerAuthError(RuntimeError):
+    """The server answered 401/403: the message names server.api_key_env and its variable, never the key."""
+
+
+def models_status(base_url: str, auth: Auth = NO_AUTH, timeout_s: float = 2.0) -> Optional[int]:
+    """The HTTP status of GET <base_url>/models (OpenAI-compatible servers list their models there), None
+    when nothing answers. The key goes as an unredirected header: urllib would copy a plain one to
+    wherever a redirect points, another host included."""
+    request = urllib.request.Request(f"{base_url}/models")
+    for name, value in auth.headers().items():
+        request.add_unredirected_header(name, value)
     try:
-        with urllib.request.urlopen(f"{base_url}/models", timeout=timeout_s) as response:
-            return response.status == 200
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return exc.code
     except (urllib.error.URLError, OSError, ValueError):
-        return False
+        return None
+
+
+def models_ready(base_url: str, auth: Auth = NO_AUTH, timeout_s: float = 2.0) -> bool:
+    """True when GET <base_url>/models answers 200; a 401/403 raises (waiting would not change it)."""
+    status = models_status(base_url, auth, timeout_s)
+    if status in AUTH_REFUSED:
+        raise ServerAuthError(auth.refused(status, f"{base_url}/models"))
+    return status == 200
 
 
 class DeviceUsed:
@@ -66,8 +88,10 @@ class ServerStartError(RuntimeError):
 
 
 class ServerProcess:
-    def __init__(self, command: list[str], env: dict[str, str], log_path: Path, base_url: str):
+    def __init__(self, command: list[str], env: dict[str, str], log_path: Path, base_url: str,
+                 auth: Auth = NO_AUTH):
         self.command, self.env, self.log_path, self.base_url = command, env, log_path, base_url
+        self.auth = auth
         self.popen: Optional[subprocess.Popen] = None
         self._rss_peak_bytes = 0
         self._sampling = threading.Event()
@@ -83,7 +107,7 @@ class ServerProcess:
             self.popen = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, start_new_session=True)
         _live.add(self)
-        while not models_ready(self.base_url):
+        while not models_ready(self.base_url, self.auth):
             if self.popen.poll() is not None:
                 raise ServerStartError(f"server exited with code {self.popen.returncode} before answering: "
                                        f"{' '.join(self.command)}; log tail: {self.log_tail()}")
@@ -190,9 +214,9 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def stop_all() -> None:
+def stop_all(grace_s: float = 5.0) -> None:
     for server in list(_live):
-        server.stop(grace_s=5.0)
+        server.stop(grace_s=grace_s)
 
 
 _handlers_installed = False
