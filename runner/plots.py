@@ -71,8 +71,10 @@ def _lines(ax, group: pd.DataFrame, y: Callable[[pd.DataFrame], pd.Series], pale
 def _legend(fig: Figure, df: pd.DataFrame, palette: Palette, extra: list[Line2D] = ()) -> None:
     """One legend for the whole figure, beside the panels: colours mean the same configuration in each, and
     markers the same workload (listed when there are several)."""
-    handles = [Line2D([], [], color=color, marker="o", label=c) for c, color in palette.colors.items()]
-    if len(palette.markers) > 1:
+    several = len(palette.markers) > 1  # then markers are workloads, and colours go without one
+    handles = [Line2D([], [], color=color, marker=None if several else "o", label=c)
+               for c, color in palette.colors.items()]
+    if several:
         handles += [Line2D([], [], color="grey", marker=m, linestyle="", label=w) for w, m in palette.markers.items()]
     fig.legend(handles=[*handles, *extra], loc="outside right upper", title="configuration", fontsize="small")
 
