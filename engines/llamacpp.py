@@ -53,6 +53,7 @@ class LlamaCppEngine(Engine):
         lib.llama_backend_init()
         params = lib.llama_model_default_params()
         params.n_gpu_layers = cfg.n_gpu_layers
+        params.use_extra_bufts = use_extra_buffers(cfg)
         self._ctx_kwargs = self._apply_kwargs(params, lib.llama_context_default_params())
         path = _gguf_file(model_path)
         self.model = lib.llama_model_load_from_file(str(path).encode(), params)
@@ -72,6 +73,7 @@ class LlamaCppEngine(Engine):
             "dtype": lib.llama_ftype_name(lib.llama_model_ftype(self.model)).decode(),
             "n_gpu_layers": cfg.n_gpu_layers if on_gpu else 0,
             "batching": "batched",
+            "extra_buffers": bool(params.use_extra_bufts),
         }
 
     def _apply_kwargs(self, model_params, ctx_params) -> dict:
@@ -230,6 +232,20 @@ def _log_softmax_at(logits: np.ndarray, targets: list[int]) -> list[float]:
     peak = rows.max(axis=1, keepdims=True)
     log_norm = np.log(np.exp(rows - peak).sum(axis=1)) + peak[:, 0]
     return (rows[np.arange(len(targets)), targets] - log_norm).tolist()
+
+
+def use_extra_buffers(config) -> bool:
+    """llama.cpp's extra CPU buffer types (AMX tiles, repacked weights): engine.extra_buffers, or by default
+    on except on a CPU with AMX, where llama.cpp's AMX matmul segfaults at the first decode (llama.cpp issue
+    20824, machine-dependent; seen here with llama-cpp-python 0.3.36 on an AMX Xeon, in
+    ggml_backend_amx_mul_mat)."""
+    if config.extra_buffers is not None:
+        return config.extra_buffers
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return "amx_int8" not in flags
 
 
 def _physical_cores() -> int:

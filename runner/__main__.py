@@ -27,6 +27,8 @@ _skipped_runs: list[str] = []
 _finished_runs: list[str] = []
 _hydra_dirs: set[Path] = set()  # directories Hydra made for this invocation's points: pruned if left empty
 _running: list[Path] = []  # the run directory claimed by the point in progress (at most one)
+# Hydra's launcher configs that come with a plugin package, and the extra of pyproject.toml that installs it
+LAUNCHER_PLUGINS = {"joblib": "launchers", "ray": "ray", "submitit_local": "submitit", "submitit_slurm": "submitit"}
 
 
 def _refuse(exc: Exception) -> None:
@@ -126,6 +128,9 @@ def _one_line(exc: Exception) -> str:
         key = exc.override.split("=", 1)[0]
         return (f"{head}: Hydra cannot read this override; quote a value holding non-ASCII letters or characters "
                 f"such as ()[]{{}}:,'\" for Hydra, inside the shell's quotes: '{key}=\"...\"'")
+    plugin = next((extra for name, extra in LAUNCHER_PLUGINS.items() if f"'hydra/launcher/{name}'" in head), None)
+    if plugin:  # the launcher's config comes with its plugin package
+        return f"{head} (its Hydra plugin is not installed: pip install -e '.[{plugin}]')"
     if isinstance(exc, MissingConfigException) and "Available options" in str(exc):
         start = next(i for i, line in enumerate(lines) if line.startswith("Available options"))
         options = [line for line in lines[start + 1:] if not line.startswith(("Config search path", "provider="))]

@@ -93,6 +93,9 @@ class LlamaCppEngineConfig(EngineConfig):
     n_threads: Optional[int] = None  # CPU threads; None: the physical cores this process may use
     flash_attn: bool = True  # what llama.cpp's 'auto' picks on CPU and CUDA; 1.1-1.7x faster decode on H100
     quant_type: Optional[str] = None  # GGUF type to run (e.g. q8_0), made from the model's GGUF; None: as shipped
+    # llama.cpp's extra CPU buffer types (AMX, repacked weights). None: on, except on a CPU with AMX, where
+    # llama.cpp's AMX matmul crashes (engines/llamacpp.py: use_extra_buffers)
+    extra_buffers: Optional[bool] = None
 
 
 @dataclass

@@ -67,15 +67,18 @@ def check_requirements(cfg: BenchConfig) -> None:
     Run for every point of a sweep before the first starts (runner.__main__), and again by ``plan``: a
     missing package must not cost a run, a failed record or a half-made run directory.
     """
-    if cfg.scenario == "serving" and cfg.server.url:
-        return  # attach mode: the server is someone else's; runner.serving checks its own client packages
-    engine_cls = _engine_class(cfg)
-    needed = list(engine_cls.requirements(cfg.engine))
+    needed = []
+    if cfg.scenario == "serving":
+        from runner.serving.backends import backend_for
+
+        needed += backend_for(cfg).requires
+    if not (cfg.scenario == "serving" and cfg.server.url):  # attach mode: the server is someone else's
+        engine_cls = _engine_class(cfg)
+        needed += engine_cls.requirements(cfg.engine)
+        if all(r.installed() for r in needed):  # the variant may need the engine's package (CT2 compute types)
+            variant = engine_cls.model_variant(cfg.engine)
+            needed += preparation_requirements(cfg.model, engine_cls.model_format, cfg.cache_dir, variant)
     missing = [r for r in needed if not r.installed()]
-    if not missing:  # the variant may need the engine's package to be computed (CTranslate2's compute types)
-        variant = engine_cls.model_variant(cfg.engine)
-        needed = preparation_requirements(cfg.model, engine_cls.model_format, cfg.cache_dir, variant)
-        missing = [r for r in needed if not r.installed()]
     if missing:
         first = missing[0]
         raise ConfigError(f"{first.needed_by or f'engine={cfg.engine.name}'} needs the '{first.module}' package, "

