@@ -227,10 +227,17 @@ def _chat(messages: Any, column: str) -> list[dict[str, str]]:
             raise ConfigError(f"dataset.messages_field={column}: an item is {str(item)[:60]!r}; "
                               "expected {role, content} (OpenAI) or {from, value} (ShareGPT)")
         role = item["role"] if "role" in item else item["from"]
-        turns.append({"role": _ROLES.get(role, role), "content": item["content"] if "role" in item else item["value"]})
+        turns.append({"role": _ROLES.get(role, role), "content": _text(item["content"] if "role" in item else item["value"])})
     while turns and turns[-1]["role"] == "assistant":
         turns.pop()
     return turns
+
+
+def _text(content: Any) -> str:
+    """A message's text: OpenAI content may be a list of parts ({type: text, text: ...}, images...)."""
+    if isinstance(content, (list, tuple, np.ndarray)):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text")
+    return "" if content is None else str(content)
 
 
 # ---------------------------------------------------------------- fingerprints

@@ -118,6 +118,11 @@ def test_file_openai_messages_render_with_the_chat_template(tokenizer, tmp_path)
     assert tokenizer.decode(prompts[0]).endswith("<|im_start|>assistant\n")
     plain = load_prompts(FileDatasetConfig(path=str(path), limit=3, chat_template=False), tokenizer)
     assert plain == tokenizer(QUESTIONS[:3])["input_ids"]  # the first user turn, as text
+    # OpenAI content as a list of parts: its text parts are the text
+    parts = [[{"role": "user", "content": [{"type": "text", "text": q}, {"type": "image_url", "image_url": {}}]}]
+             for q in QUESTIONS[:3]]
+    path.write_text(json.dumps([{"messages": c} for c in parts]))
+    assert load_prompts(FileDatasetConfig(path=str(path), limit=3, chat_template=False), tokenizer) == plain
 
 
 def test_file_sharegpt_conversations_are_the_same_chats(tokenizer, tmp_path):
