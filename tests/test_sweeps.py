@@ -70,7 +70,8 @@ def test_sigkilled_sweep_reruns_to_one_complete_record_per_point(tmp_path, cache
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"{len(first)} point(s) skipped" in proc.stdout
     df = _records(tmp_path / "outputs")  # every record.json parses (load_results reads them all)
-    assert len(df) == 3 and sorted(df.batch_size) == [1, 2, 4] and set(df.status) == {"ok"}
+    # 2 prompts: the batch_size=4 point runs one batch of 2 (batch_size records what ran)
+    assert len(df) == 3 and sorted(df.batch_size_requested) == [1, 2, 4] and set(df.status) == {"ok"}
     assert df.run_key.is_unique
     # worker mode: the second point of one worker reused the loaded model
     assert df.engine_reused.any() or len(first) == 2
@@ -94,7 +95,8 @@ def test_worker_figures_equal_isolated_ones(tmp_path, cache_dir):
         # 2 shared cores: timings only loosely (another process may be running); memory within 30 %
         assert 0.25 < w.batch_latency_ms_p50 / p.batch_latency_ms_p50 < 4
         assert w.host_peak_rss_mib == pytest.approx(p.host_peak_rss_mib, rel=0.3)
-    assert worker.loc[2, "load_s"] < 0.5 < isolated.loc[2, "load_s"]
+    # the reused engine loads nothing; a fresh process loads the model (0.4 s to 1.1 s seen on 2 cores)
+    assert worker.loc[2, "load_s"] < 0.05 and isolated.loc[2, "load_s"] > 5 * worker.loc[2, "load_s"]
     # the reused engine's point warms up with measure.reused_warmup_tokens new tokens, the others in full
     assert list(worker.warmup_new_tokens) == [4, 2] and list(isolated.warmup_new_tokens) == [4, 4]
 
