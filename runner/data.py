@@ -85,6 +85,9 @@ def _sharegpt_texts(cfg: ShareGPTConfig) -> Iterator[str]:
                 text = f.read()
         except FileNotFoundError:
             raise ConfigError(f"dataset.path={cfg.path}: no such file") from None
+    if not text.lstrip().startswith("["):  # e.g. a .jsonl of the user's own prompts
+        raise ConfigError(f"dataset.path={cfg.path}: not a ShareGPT JSON array of conversations; for your own "
+                          f"prompts file use dataset=file 'dataset.path=\"{cfg.path}\"'")
     for conversation in _json_array_items(text):
         first_human = next((t["value"] for t in conversation.get("conversations", []) if t.get("from") == "human"), "")
         if first_human.strip():
@@ -113,6 +116,10 @@ def _json_array_items(text: str) -> Iterator[dict]:
 
 def _hf_texts(cfg: HFDatasetConfig) -> list[str]:
     import datasets
+
+    if os.path.isfile(os.path.expanduser(cfg.path)):  # load_dataset takes a hub id or a directory, not a file
+        raise ConfigError(f"dataset.path={cfg.path}: a file; datasets.load_dataset wants a hub id or a directory. "
+                          f"For your own prompts file use dataset=file 'dataset.path=\"{cfg.path}\"'")
 
     try:
         ds = datasets.load_dataset(cfg.path, split=cfg.split)

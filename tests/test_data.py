@@ -244,3 +244,13 @@ def test_data_file_fingerprint_hashes_the_bytes_once(tmp_path):
 def test_sharegpt_package_file_fingerprint():
     first = data_file_fingerprint(ShareGPTConfig())
     assert len(first) == 64 and data_file_fingerprint(ShareGPTConfig()) == first
+
+
+def test_a_prompts_file_given_to_the_other_loaders_points_to_dataset_file(tokenizer, tmp_path):
+    from runner.config import HFDatasetConfig, ShareGPTConfig
+
+    path = _write_jsonl(tmp_path / "mine.jsonl", [{"prompt": "hello"}])
+    for cfg in (ShareGPTConfig(path=str(path)), HFDatasetConfig(path=str(path))):
+        with pytest.raises(ConfigError, match=r"For your own prompts file use dataset=file|for your own prompts file "
+                                              r"use dataset=file"):
+            load_prompts(cfg, tokenizer)
