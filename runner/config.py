@@ -226,6 +226,10 @@ class MeasureConfig:
     agreement_prompts: int = 4  # greedy agreement with the HF reference on this many prompts (0: off)
     repetitions: int = 1  # the measured batches, all of them, this many times (warm-up once, before the first)
     min_duration_s: float = 0.0  # and more repetitions until the measured time reaches this (0: no minimum)
+    # Stopping rule: more repetitions until the 95 % interval of output tok/s over repetitions is within this
+    # share of the mean (0.02: mean ± 2 %), at most max_repetitions (a row that stops there says so). null: off.
+    target_rel_ci: Optional[float] = None
+    max_repetitions: int = 30  # caps repetitions added by min_duration_s and target_rel_ci
     perplexity_prompts: int = 4  # perplexity over the first prompts of the run, after timing (0: off)
     # isolation=worker: a point whose engine an earlier point already loaded and ran warms up with this many
     # new tokens (its batch shape gets a first call; compilation and caches settled before). null: full length.
@@ -248,6 +252,9 @@ class ServingConfig:
     # with each request's position in the run. None: every request at request_rate.
     ramp: Optional[str] = None  # None | linear | exponential
     ramp_start_rate: Optional[float] = None  # requests/s of the first request; needed with ramp
+    # vllm: send times rescaled so the last request goes out at num_requests / request_rate (vLLM's benchmark);
+    # raw: the gamma process as drawn (its duration, and the rate really offered, vary with the seed)
+    schedule: str = "vllm"
     slo_ttft_ms: Optional[float] = None  # goodput: a request is good when it meets every SLO that is set
     slo_tpot_ms: Optional[float] = None
     slo_e2el_ms: Optional[float] = None
@@ -349,6 +356,12 @@ def validate(cfg: BenchConfig) -> None:
     if cfg.generation.temperature < 0:
         raise ConfigError(f"generation.temperature={cfg.generation.temperature}: must be >= 0")
     _positive("measure.repetitions", cfg.measure.repetitions)
+    if cfg.measure.max_repetitions < cfg.measure.repetitions:
+        raise ConfigError(f"measure.max_repetitions={cfg.measure.max_repetitions}: below "
+                          f"measure.repetitions={cfg.measure.repetitions}")
+    if cfg.measure.target_rel_ci is not None and not 0 < cfg.measure.target_rel_ci < 1:
+        raise ConfigError(f"measure.target_rel_ci={cfg.measure.target_rel_ci}: must be between 0 and 1 "
+                          "(0.02: the interval within ±2 % of the mean), or null")
     if cfg.measure.reused_warmup_tokens is not None:
         _positive("measure.reused_warmup_tokens", cfg.measure.reused_warmup_tokens)
     for key in ("dataset.offset", "measure.warmup_batches", "measure.agreement_prompts", "measure.min_duration_s",

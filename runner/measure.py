@@ -7,18 +7,20 @@ around the measured repetitions; perplexity and the roofline's peak measurements
 from __future__ import annotations
 
 from dataclasses import asdict, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from tqdm import tqdm
 
 from engines.base import Engine, SamplingSpec, now
 from runner.energy import EnergyMeter
 from runner.memory import MIB, HostPeak, MemorySampler, release_cached_device_memory
-from runner.metrics import BatchSample, RequestSample, headline_uncertainty, request_sample, summarize
+from runner.metrics import (BatchSample, RequestSample, headline_uncertainty, repetition_rates, request_sample,
+                            summarize)
 from runner.perplexity import perplexity_fields
 from runner.quality import AGREEMENT_TOKENS
 from runner.records import flatten
 from runner.roofline import kv_element_bytes, measured_peak, model_shape, roofline_fields, table_peak
+from runner.stats import relative_half_width
 
 if TYPE_CHECKING:
     from runner.config import BenchConfig
@@ -86,17 +88,32 @@ def measure(engine: Engine, batches: list[list[list[int]]], sampling: SamplingSp
 
 
 def measure_repeated(engine: Engine, batches: list[list[list[int]]], sampling: SamplingSpec, repetitions: int,
-                     min_duration_s: float) -> tuple[list[BatchSample], list[RequestSample]]:
-    """All batches ``repetitions`` times, then more until their summed latency reaches ``min_duration_s``."""
+                     min_duration_s: float = 0.0, target_rel_ci: Optional[float] = None,
+                     max_repetitions: Optional[int] = None) -> tuple[list[BatchSample], list[RequestSample], str]:
+    """All batches ``repetitions`` times, then more while their summed latency is under ``min_duration_s`` or the
+    95 % interval of output tok/s over repetitions is wider than ± ``target_rel_ci`` of its mean, up to
+    ``max_repetitions`` (MLPerf's minimum duration, with a precision target). Returns the samples and why it
+    stopped: repetitions, min_duration_s, target_rel_ci or max_repetitions (the cap: the target was not met)."""
     batch_samples: list[BatchSample] = []
     request_samples: list[RequestSample] = []
+    cap = max(max_repetitions or repetitions, repetitions)
     repetition = 0
-    while repetition < repetitions or sum(b.latency_ms for b in batch_samples) / 1e3 < min_duration_s:
+    while True:
         more_batches, more_requests = measure(engine, batches, sampling, repetition)
         batch_samples += more_batches
         request_samples += more_requests
         repetition += 1
-    return batch_samples, request_samples
+        if repetition < repetitions:
+            continue
+        short = sum(b.latency_ms for b in batch_samples) / 1e3 < min_duration_s
+        rel = relative_half_width(repetition_rates(batch_samples)) if target_rel_ci is not None else None
+        loose = target_rel_ci is not None and (rel is None or rel > target_rel_ci)
+        if not short and not loose:
+            reason = "target_rel_ci" if target_rel_ci is not None else (
+                "min_duration_s" if repetition > repetitions else "repetitions")
+            return batch_samples, request_samples, reason
+        if repetition >= cap:
+            return batch_samples, request_samples, "max_repetitions"
 
 
 def _warmup_sampling(cfg: "BenchConfig", sampling: SamplingSpec, engine: Engine) -> SamplingSpec:
@@ -125,8 +142,9 @@ def measure_run(cfg: "BenchConfig", work: "Workload", engine: Engine, model_path
         engine.reset_peak_memory()
         energy.start()
         region_start = now()
-        batch_samples, request_samples = measure_repeated(engine, batches, work.sampling, cfg.measure.repetitions,
-                                                          cfg.measure.min_duration_s)
+        m = cfg.measure
+        batch_samples, request_samples, stop_reason = measure_repeated(
+            engine, batches, work.sampling, m.repetitions, m.min_duration_s, m.target_rel_ci, m.max_repetitions)
         engine.synchronize()
         region_s = now() - region_start
         energy.stop()
@@ -148,6 +166,8 @@ def measure_run(cfg: "BenchConfig", work: "Workload", engine: Engine, model_path
         "torch_peak_reserved_mib": None,
         **engine.device_memory(),
         "measured_region_s": region_s,
+        "stop_reason": stop_reason,
+        "stopped_at_cap": stop_reason == "max_repetitions",
         "warmup_new_tokens": warmup_sampling.max_new_tokens if cfg.measure.warmup_batches else 0,
         **energy.fields(summary["output_tokens"], region_s),
         "batch_samples": [asdict(b) for b in batch_samples],

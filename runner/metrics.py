@@ -123,6 +123,13 @@ def summarize(batches: list[BatchSample], requests: list[RequestSample]) -> Summ
     )
 
 
+def repetition_rates(batches: list[BatchSample]) -> list[float]:
+    """Output tok/s of each repetition: its tokens over its summed batch latencies."""
+    reps = sorted({b.repetition for b in batches})
+    return [sum(b.output_tokens for b in batches if b.repetition == r)
+            / (sum(b.latency_ms for b in batches if b.repetition == r) / 1e3) for r in reps]
+
+
 def headline_uncertainty(batches: list[BatchSample], requests: list[RequestSample]) -> dict:
     """95 % intervals and CVs of the headline figures, and the steady-state verdict.
 
@@ -135,8 +142,7 @@ def headline_uncertainty(batches: list[BatchSample], requests: list[RequestSampl
     Below runner.stats.BOOTSTRAP_MIN_SAMPLES units the interval is Student's t, else the bootstrap.
     """
     reps = sorted({b.repetition for b in batches})
-    per_rep = [sum(b.output_tokens for b in batches if b.repetition == r)
-               / (sum(b.latency_ms for b in batches if b.repetition == r) / 1e3) for r in reps]
+    per_rep = repetition_rates(batches)
     if len(reps) >= 2:
         tok_s, unit = interval(per_rep), "repetition"
     else:

@@ -71,6 +71,15 @@ def mean_ci(samples: Sequence[float]) -> tuple[tuple[float, float] | None, str]:
     return bootstrap_ci(samples), "bootstrap"
 
 
+def relative_half_width(samples: Sequence[float]) -> Optional[float]:
+    """Half the width of the mean's 95 % interval over the mean (0.02: mean ± 2 %); None below two samples."""
+    ci, _ = mean_ci(samples)
+    mean = float(np.mean(samples)) if len(samples) else 0.0
+    if ci is None or mean == 0:
+        return None
+    return (ci[1] - ci[0]) / 2 / abs(mean)
+
+
 def ratio_ci(numerators: Sequence[float], denominators: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
              seed: int = BOOTSTRAP_SEED) -> tuple[float, float] | None:
     """Interval of sum(numerators) / sum(denominators), resampling the pairs together (tokens / seconds

@@ -79,6 +79,13 @@ def test_rate_sweep_end_to_end(serving_outputs, tmp_path):
         rate = record["serving_request_rate"]
         assert [s["target_rate_rps"] for s in samples] == [None if rate == "inf" else rate] * 4
         assert all(0 <= s["sent_s"] <= record["measured_s"] for s in samples)
+        # vLLM's schedule: the last of 4 requests goes out at 4 / rate, so the rate offered is the rate asked
+        # for (the sleep overruns by a few ms at most); rate inf has none
+        if rate == "inf":
+            assert record["offered_rate_rps"] is None
+        else:
+            assert max(s["sent_s"] for s in samples) == pytest.approx(4 / rate, abs=0.05)
+            assert record["offered_rate_rps"] == pytest.approx(rate, rel=0.02)
         assert record["completed_requests"] == 4 and record["failed_requests"] == 0
         assert record["output_tokens"] == 4 * 8  # forced length: EOG tokens masked, counted from the server
         for s in samples:
@@ -107,9 +114,7 @@ def test_ramp_end_to_end(serving_outputs):
     assert rates == target_rates_rps(4, 8.0, "linear", 1.0) == pytest.approx([1.0, 1 + 7 / 3, 1 + 14 / 3, 8.0])
     # Sent no earlier than the seeded schedule (the sleeps only overrun), and not long after it
     # (one llama.cpp request at a time; no max_concurrency, so nothing waits for a slot).
-    due = 0.0
-    for sample, gap in zip(samples, arrival_gaps_s(4, 8.0, 1.0, 0, "linear", 1.0)):
-        due += gap
+    for sample, due in zip(samples, np.cumsum(arrival_gaps_s(4, 8.0, 1.0, 0, "linear", 1.0))):
         assert due - 0.005 <= sample["sent_s"] <= due + 1.0, (due, sample["sent_s"])
     assert record["completed_requests"] == 4 and record["goodput_share"] == 1.0  # generous SLOs
     assert record["goodput_requests_per_s"] == pytest.approx(record["requests_per_s"])
@@ -446,6 +451,24 @@ def test_arrival_gaps_follow_the_rate():
         gaps = arrival_gaps_s(20000, 4.0, burstiness, 0)
         assert sum(gaps) / len(gaps) == pytest.approx(0.25, rel=0.03)  # mean gap 1/rate whatever the shape
     assert arrival_gaps_s(5, 4.0, 1.0, 7) == arrival_gaps_s(5, 4.0, 1.0, 7)  # seeded
+
+
+def test_vllm_schedule_offers_the_rate_asked_for():
+    """vLLM's benchmark rescales the cumulative gamma delays so the last of N requests goes out at N / rate;
+    the raw process ends wherever its draws put it (16 requests at 1 req/s: 21.8 s once, 0.73 req/s)."""
+    from runner.serving.client import arrival_gaps_s, send_times_s
+
+    for seed in range(20):
+        times = send_times_s(16, 1.0, 1.0, seed)
+        assert times[-1] == pytest.approx(16.0) and all(b > a for a, b in zip(times, times[1:]))
+        raw = send_times_s(16, 1.0, 1.0, seed, schedule="raw")
+        assert raw == pytest.approx(np.cumsum(arrival_gaps_s(16, 1.0, 1.0, seed)).tolist())
+        assert times == pytest.approx([t * 16.0 / raw[-1] for t in raw])  # the same draws, one scale
+    assert max(abs(send_times_s(16, 1.0, 1.0, s, schedule="raw")[-1] - 16) for s in range(20)) > 2
+    # a ramp keeps its own times (vLLM rescales only a fixed rate); inf sends everything at once
+    assert send_times_s(4, 8.0, 1.0, 0, "linear", 1.0) == pytest.approx(
+        np.cumsum(arrival_gaps_s(4, 8.0, 1.0, 0, "linear", 1.0)).tolist())
+    assert send_times_s(3, math.inf, 1.0, 0) == [0.0, 0.0, 0.0]
 
 
 @pytest.mark.parametrize("scenario", ["offline", "serving"])

@@ -122,3 +122,42 @@ def test_a_cpu_run_with_repetitions_writes_every_new_field(run_cli, tmp_path):
                         ("device_peak_process_mib", "device_process_memory_note"), ("mbu_table", "roofline_note")):
         assert record[empty] is None and record[note], empty
     assert "TTFT ms mean [95% CI]" in result.stdout and "CV" in result.stdout
+
+
+class _ScriptedEngine:
+    """Not an engine under test: a stand-in whose batches take scripted times on a fake clock, so the stopping
+    rule's arithmetic is checked exactly (the real engines' runs are in the CLI tests)."""
+
+    def __init__(self, clock: list[float], latencies_s):
+        self.clock, self.latencies = clock, iter(latencies_s)
+
+    def synchronize(self):
+        pass
+
+    def generate(self, prompts, sampling):
+        from engines.base import Generation
+
+        self.clock[0] += next(self.latencies)
+        return [Generation(token_ids=[1] * sampling.max_new_tokens) for _ in prompts]
+
+
+@pytest.mark.parametrize("latencies, kwargs, reps, reason", [
+    ([1.0] * 50, dict(repetitions=1), 1, "repetitions"),
+    # equal repetitions: the interval has width 0 once there are two
+    ([1.0] * 50, dict(repetitions=1, target_rel_ci=0.02, max_repetitions=10), 2, "target_rel_ci"),
+    # ±10 % alternation never gets within ±1 % quickly: the cap stops it, and says so
+    ([0.9, 1.1] * 25, dict(repetitions=2, target_rel_ci=0.01, max_repetitions=6), 6, "max_repetitions"),
+    # ...but within ±10 % it does (tok/s 11.11, 9.09, ...: relative half-width 0.115 after 6, 0.097 after 7)
+    ([0.9, 1.1] * 25, dict(repetitions=2, target_rel_ci=0.1, max_repetitions=20), 7, "target_rel_ci"),
+    ([1.0] * 50, dict(repetitions=1, min_duration_s=3.5, max_repetitions=10), 4, "min_duration_s"),
+    ([1.0] * 50, dict(repetitions=1, min_duration_s=30.0, max_repetitions=5), 5, "max_repetitions"),
+])
+def test_stopping_rule_stops_on_each_condition(monkeypatch, latencies, kwargs, reps, reason):
+    from engines.base import SamplingSpec
+    from runner import measure
+
+    clock = [0.0]
+    monkeypatch.setattr(measure, "now", lambda: clock[0])
+    engine = _ScriptedEngine(clock, latencies)
+    batches, _, why = measure.measure_repeated(engine, [[[1, 2]]], SamplingSpec(10, True, 0.0), **kwargs)
+    assert (len({b.repetition for b in batches}), why) == (reps, reason)

@@ -19,8 +19,8 @@ from runner.config import BenchConfig
 from runner.environment import environment
 from runner.records import RECORD_NAME, flatten, write_json_atomic
 from runner.serving.auth import Auth
-from runner.serving.client import arrival_gaps_s, request_body, run_load, target_rates_rps
-from runner.serving.metrics import request_samples, summarize_serving
+from runner.serving.client import request_body, run_load, send_times_s, target_rates_rps
+from runner.serving.metrics import offered_rate_rps, request_samples, summarize_serving
 from runner.serving.plan import ServingWorkload, is_loopback
 from runner.serving.server import ServerProcess, free_loopback_port, models_ready
 
@@ -67,21 +67,22 @@ def execute(cfg: BenchConfig, work: ServingWorkload, run_dir: Path, overrides: l
             if failed:
                 raise RuntimeError(f"warm-up request failed: {failed[0]}")
         serving = cfg.serving
-        gaps = arrival_gaps_s(len(work.prompts), serving.request_rate, serving.burstiness, serving.seed,
-                              serving.ramp, serving.ramp_start_rate)
+        send_at = send_times_s(len(work.prompts), serving.request_rate, serving.burstiness, serving.seed,
+                               serving.ramp, serving.ramp_start_rate, serving.schedule)
         # JSON has no infinity: "all at once" has no per-request rate
         rates = (None if math.isinf(serving.request_rate) else
                  target_rates_rps(len(work.prompts), serving.request_rate, serving.ramp, serving.ramp_start_rate))
         if server:
             server.start_memory_sampler()
         results, start, end = asyncio.run(run_load(url, bodies(work.prompts), [len(p) for p in work.prompt_ids],
-                                                   gaps, cfg.serving.max_concurrency, cfg.serving.time_limit_s, auth))
+                                                   send_at, cfg.serving.max_concurrency, cfg.serving.time_limit_s, auth))
         if server:  # device memory: whole-device NVML peak during the load (absolute, not minus a baseline)
             record.update(server.stop_memory_sampler())
             record["host_peak_rss_mib"] = record["server_peak_rss_mib"]
         record.update(summarize_serving(results, end - start, serving.slo_ttft_ms, serving.slo_tpot_ms,
                                         serving.slo_e2el_ms))
         record["request_samples"] = request_samples(results, start, rates)
+        record["offered_rate_rps"] = offered_rate_rps(results, start, serving.request_rate)
         errors = sorted({r.error for r in results if not r.ok})
         record["request_errors"] = errors[:5]
         if record["completed_requests"] == 0:

@@ -83,6 +83,15 @@ def summarize_serving(results: list[RequestResult], duration_s: float, slo_ttft_
     }
 
 
+def offered_rate_rps(results: list[RequestResult], start: float, request_rate: float) -> Optional[float]:
+    """Requests sent per second, as sent: their count over the time from the start to the last send (vLLM's
+    definition of the rate: the last of N requests goes out at N / rate). None for rate inf (all at once)."""
+    sent = [r.sent_at for r in results if not math.isnan(r.sent_at)]
+    if math.isinf(request_rate) or not sent or max(sent) <= start:
+        return None
+    return len(sent) / (max(sent) - start)
+
+
 def request_samples(results: list[RequestResult], start: float,
                     target_rates_rps: Optional[Sequence[float]] = None) -> list[dict[str, Any]]:
     """Raw per-request rows kept on the record (failed ones with their error).

@@ -11,7 +11,7 @@ from typing import Union
 
 from runner.config import BenchConfig, ConfigError
 from runner.serving.backends import Backend, backend_for
-from runner.serving.client import RAMPS
+from runner.serving.client import RAMPS, SCHEDULES
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -30,6 +30,8 @@ def validate_serving(cfg: BenchConfig) -> None:
     if math.isinf(serving.time_limit_s):
         raise ConfigError("serving.time_limit_s=inf: every serving run is bounded; give seconds")
     _validate_ramp(serving)
+    if serving.schedule not in SCHEDULES:
+        raise ConfigError(f"serving.schedule={serving.schedule}: unknown; valid choices: {', '.join(SCHEDULES)}")
     if serving.max_concurrency is not None and serving.max_concurrency < 1:
         raise ConfigError(f"serving.max_concurrency={serving.max_concurrency}: must be >= 1, or null (no limit)")
     if serving.warmup_requests < 0:
