@@ -127,6 +127,12 @@ class Engine(ABC):
         """Release the model and its memory. The default drops references; override to do more."""
         self.__dict__.pop("model", None)
 
+    @property
+    def shape_specialized(self) -> bool:
+        """True when compiled code specializes to batch shapes (a compiled decode step, a static cache): the
+        runner's warm-up then runs every batch size and the longest prompt, so no compile lands in the timing."""
+        return False
+
     def synchronize(self) -> None:
         """Wait for queued device work, so a clock read after it is honest. No-op on CPU engines."""
 

@@ -8,31 +8,46 @@ from typing import Optional
 
 import torch
 from transformers import AutoModelForCausalLM
-from transformers.generation.streamers import BaseStreamer
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 
 from engines import BITSANDBYTES, require
 from engines.base import Engine, Generation, Requirement, SamplingSpec, now
 
 
-class _StepClock(BaseStreamer):
-    """Timestamps each decoding step as ``generate`` hands the new tokens to the streamer.
+class _StepClock(StoppingCriteria):
+    """Stamps each decoding step without making the host wait for the device.
 
-    ``generate`` first puts the prompt, then one tensor of new tokens per step, already copied to
-    the host (``.cpu()``), so the device has finished that step when the clock is read.
+    ``generate`` calls its stopping criteria once per new token, right after choosing it. On CUDA the clock
+    records an event on the stream there (read after ``generate`` returns, against an event recorded at the
+    start, whose host time is known); on a CPU the step has finished when Python gets here, so the host
+    clock is read. A streamer would need the tokens copied to the host (``.cpu()``) every step, which on
+    CUDA is a synchronization of its own.
     """
 
-    def __init__(self) -> None:
-        self.step_times: list[float] = []
-        self._prompt_seen = False
+    def __init__(self, device: torch.device, batch_size: int):
+        self.cuda = device.type == "cuda"
+        self._never = torch.zeros(batch_size, dtype=torch.bool, device=device)
+        self._stamps: list = []
+        if self.cuda:
+            self._start_event = torch.cuda.Event(enable_timing=True)
+            self._start_event.record()
+        self._start_time = now()
 
-    def put(self, value) -> None:
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            return
-        self.step_times.append(now())
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self._stamps.append(event)
+        else:
+            self._stamps.append(now())
+        return self._never  # never stops a sequence: the length is generate's max/min_new_tokens
 
-    def end(self) -> None:
-        pass
+    def step_times(self) -> list[float]:
+        """Host clock times of every step (after ``generate`` returned: its output is on the host by then)."""
+        if not self.cuda:
+            return self._stamps
+        self._stamps[-1].synchronize() if self._stamps else None
+        return [self._start_time + self._start_event.elapsed_time(e) / 1e3 for e in self._stamps]
 
 
 class HFEngine(Engine):
@@ -69,7 +84,8 @@ class HFEngine(Engine):
         eos = gen_cfg.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.pad_id = gen_cfg.pad_token_id if gen_cfg.pad_token_id is not None else min(self.eos_ids, default=0)
-        self.resolved = {"device": device, "dtype": dtype, "quantization": quantization}
+        self.resolved = {"device": device, "dtype": dtype, "quantization": quantization,
+                         "cache_implementation": cfg.cache_implementation.value, "compiled": cfg.compile}
 
     def _bnb_config(self, dtype: str):
         """bitsandbytes as a quantization option of this engine (not an engine of its own)."""
@@ -100,8 +116,8 @@ class HFEngine(Engine):
 
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], sampling: SamplingSpec) -> list[Generation]:
+        clock = _StepClock(self.device, len(prompts))  # first: the inputs' copy to the device counts too
         input_ids, attention_mask = self._left_pad(prompts)
-        clock = _StepClock()
         sample = sampling.temperature > 0
         out = self.model.generate(
             input_ids=input_ids,
@@ -113,11 +129,33 @@ class HFEngine(Engine):
             top_p=None,
             top_k=None,
             use_cache=self.config.use_cache,
+            **self._cache_kwargs(),
             pad_token_id=self.pad_id,
-            streamer=clock,
+            stopping_criteria=StoppingCriteriaList([clock]),
         )
         new_tokens = out[:, input_ids.shape[1]:].tolist()
-        return [self._trim(row, clock.step_times, sampling.ignore_eos) for row in new_tokens]
+        step_times = clock.step_times()
+        return [self._trim(row, step_times, sampling.ignore_eos) for row in new_tokens]
+
+    def _cache_kwargs(self) -> dict:
+        """generate's cache and compile arguments. transformers compiles the decode step of a static cache on
+        its own on CUDA: engine.compile=false turns that off, so the key means what it says on every device."""
+        cfg = self.config
+        cache = cfg.cache_implementation.value
+        if cache == "dynamic":
+            return {}
+        if not cfg.compile:
+            return {"cache_implementation": cache, "disable_compile": True}
+        from transformers import CompileConfig
+
+        compile_config = CompileConfig(mode=cfg.compile_mode)
+        # transformers compiles on CUDA only unless told otherwise through this flag ("useful for testing")
+        compile_config._compile_all_devices = self.device.type != "cuda"
+        return {"cache_implementation": cache, "compile_config": compile_config}
+
+    @property
+    def shape_specialized(self) -> bool:
+        return "static" in self.config.cache_implementation.value
 
     def _trim(self, row: list[int], step_times: list[float], ignore_eos: bool) -> Generation:
         """Keep the tokens this sequence really generated: up to its first EOS, never the padding after."""

@@ -50,6 +50,21 @@ class BnbQuantization(str, Enum):
     fp4 = "fp4"
 
 
+class HFCacheImplementation(str, Enum):
+    """transformers' KV caches: dynamic grows per step; static is preallocated (its shapes fixed, so the decode
+    step can be compiled); the offloaded ones keep layers on the host (memory, not speed)."""
+
+    dynamic = "dynamic"
+    static = "static"
+    offloaded = "offloaded"
+    offloaded_static = "offloaded_static"
+
+
+# torch.compile modes for the decode step (reduce-overhead adds CUDA graphs on a GPU); strings, not an Enum:
+# OmegaConf matches Enum names, and these have hyphens
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 class CT2ComputeType(str, Enum):
     """CTranslate2's compute types: weight type, then activation type for the int8 ones."""
 
@@ -82,6 +97,11 @@ class HFEngineConfig(EngineConfig):
     quantization: BnbQuantization = BnbQuantization.none  # bitsandbytes; needs `pip install -e '.[bnb]'`
     double_quant: bool = False  # 4-bit only: quantize the quantization constants too
     compute_dtype: DType = DType.auto  # 4-bit only: matmul dtype (auto: the engine's dtype)
+    # The optimized mode transformers recommends: a static cache and a compiled decode step. Compile time is
+    # spent in the warm-up (record: compile_s), which covers every shape the timed batches use.
+    cache_implementation: HFCacheImplementation = HFCacheImplementation.dynamic
+    compile: bool = False  # torch.compile the decode step (needs a static cache)
+    compile_mode: str = "reduce-overhead"  # one of COMPILE_MODES
 
 
 @dataclass
@@ -387,6 +407,13 @@ def validate(cfg: BenchConfig) -> None:
         from runner.serving.plan import validate_serving  # not at the top: it imports this module
 
         validate_serving(cfg)
+    if isinstance(cfg.engine, HFEngineConfig) and cfg.engine.compile_mode not in COMPILE_MODES:
+        raise ConfigError(f"engine.compile_mode={cfg.engine.compile_mode}: unknown; valid choices: "
+                          f"{', '.join(COMPILE_MODES)}")
+    if isinstance(cfg.engine, HFEngineConfig) and cfg.engine.compile and \
+            "static" not in cfg.engine.cache_implementation.value:
+        raise ConfigError(f"engine.compile=true: needs engine.cache_implementation=static or offloaded_static "
+                          f"(a {cfg.engine.cache_implementation.value} cache changes shape every step)")
     duplicated = set(cfg.engine.engine_kwargs) & {f for f in vars(cfg.engine) if f != "engine_kwargs"}
     if duplicated:
         key = sorted(duplicated)[0]

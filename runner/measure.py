@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from tqdm import tqdm
 
 from engines.base import Engine, SamplingSpec, now
+from runner import compilation
 from runner.energy import EnergyMeter
 from runner.memory import MIB, HostPeak, MemorySampler, release_cached_device_memory
 from runner.metrics import (BatchSample, RequestSample, headline_uncertainty, repetition_rates, request_sample,
@@ -43,12 +44,26 @@ def batch_size_fields(requested: int, sizes: list[int]) -> dict[str, Any]:
     return {"batch_size": ran, "batch_size_requested": requested, "batch_size_note": "; ".join(notes) or None}
 
 
-def warm_up(engine: Engine, batches: list[list[list[int]]], sampling: SamplingSpec, count: int) -> None:
-    """Untimed runs on the first ``count`` batches: compilation, allocator growth and caches settle here.
+def warmup_batches(batches: list[list[list[int]]], count: int, shape_specialized: bool) -> list[list[list[int]]]:
+    """The batches the warm-up runs: the first ``count``; for an engine whose compiled code specializes to shapes,
+    also the batch with the longest prompt first (a static cache keeps the longest length it has seen) and one
+    batch of every other size (an uneven last batch), so that nothing compiles inside the timed region."""
+    chosen = list(batches[:count])
+    if shape_specialized and batches:
+        longest = max(batches, key=lambda b: max(map(len, b)))
+        chosen = [longest, *(b for b in chosen if b is not longest)]
+        for batch in batches:
+            if len(batch) not in {len(b) for b in chosen}:
+                chosen.append(batch)
+    return chosen
+
+
+def warm_up(engine: Engine, batches: list[list[list[int]]], sampling: SamplingSpec) -> None:
+    """Untimed runs: compilation, allocator growth and caches settle here.
 
     These prompts are measured again afterwards, so the measured set is the same with or without warm-up.
     """
-    for batch in batches[:count]:
+    for batch in batches:
         engine.generate(batch, sampling)
     engine.synchronize()
 
@@ -118,9 +133,11 @@ def measure_repeated(engine: Engine, batches: list[list[list[int]]], sampling: S
 
 def _warmup_sampling(cfg: "BenchConfig", sampling: SamplingSpec, engine: Engine) -> SamplingSpec:
     """Full length, except for an engine a worker already ran (isolation=worker, measure.reused_warmup_tokens):
-    then a few tokens give the new batch shape its first prefill and decode calls, at a fraction of the cost."""
+    then a few tokens give the new batch shape its first prefill and decode calls, at a fraction of the cost.
+    Not for shape-specialized engines: a static cache sized for a few tokens would be outgrown while timing."""
     short = cfg.measure.reused_warmup_tokens
-    if getattr(engine, "warm", False) and short is not None and short < sampling.max_new_tokens:
+    if getattr(engine, "warm", False) and short is not None and short < sampling.max_new_tokens \
+            and not engine.shape_specialized:
         return replace(sampling, max_new_tokens=short)
     return sampling
 
@@ -138,7 +155,12 @@ def measure_run(cfg: "BenchConfig", work: "Workload", engine: Engine, model_path
         load_s = now() - start
         batches = chunk(work.prompts, cfg.batch_size)
         warmup_sampling = _warmup_sampling(cfg, work.sampling, engine)
-        warm_up(engine, batches, warmup_sampling, cfg.measure.warmup_batches)
+        warmup = warmup_batches(batches, cfg.measure.warmup_batches, engine.shape_specialized)
+        compiled_before_warmup = compilation.snapshot()
+        warmup_start = now()
+        warm_up(engine, warmup, warmup_sampling)
+        warmup_s = now() - warmup_start
+        compiled_before_timing = compilation.snapshot()
         engine.reset_peak_memory()
         energy.start()
         region_start = now()
@@ -148,6 +170,7 @@ def measure_run(cfg: "BenchConfig", work: "Workload", engine: Engine, model_path
         engine.synchronize()
         region_s = now() - region_start
         energy.stop()
+        compiled_after_timing = compilation.snapshot()
     finally:
         sampler.stop()
     summary = flatten(summarize(batch_samples, request_samples))
@@ -168,7 +191,10 @@ def measure_run(cfg: "BenchConfig", work: "Workload", engine: Engine, model_path
         "measured_region_s": region_s,
         "stop_reason": stop_reason,
         "stopped_at_cap": stop_reason == "max_repetitions",
-        "warmup_new_tokens": warmup_sampling.max_new_tokens if cfg.measure.warmup_batches else 0,
+        "warmup_new_tokens": warmup_sampling.max_new_tokens if warmup else 0,
+        "warmup_batches_run": len(warmup),
+        "warmup_s": warmup_s,
+        **compilation.fields(compiled_before_warmup, compiled_before_timing, compiled_after_timing),
         **energy.fields(summary["output_tokens"], region_s),
         "batch_samples": [asdict(b) for b in batch_samples],
         "request_samples": [asdict(r) for r in request_samples],

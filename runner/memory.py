@@ -1,4 +1,4 @@
-"""Host and device memory around a run, sampled in a background thread that sleeps between samples.
+"""Host and device memory around a run, sampled by a process of its own that sleeps between samples.
 
 Host: the kernel's exact peak resident set of this process (``VmHWM``), reset before the model loads by
 writing ``5`` to ``/proc/self/clear_refs`` (where that is not allowed: the lifetime ``ru_maxrss``, and the
@@ -8,17 +8,19 @@ Device (NVML): the used memory of the GPUs this process may use (CUDA_VISIBLE_DE
 reading taken before the model loaded, so other tenants' steady use does not count; and the memory NVML
 attributes to the processes of this run's tree (``nvmlDeviceGetComputeRunningProcesses``, filtered to our
 pid and its descendants), peak of the sum.
-The thread waits on an Event between samples (no busy-waiting); the child list is refreshed every
+The sampler waits on its stdin between samples (no busy-waiting); the child list is refreshed every
 ``CHILDREN_REFRESH_S`` because walking /proc costs far more than one RSS read.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import os
 import resource
+import select
+import subprocess
 import sys
-import threading
 import time
 from typing import Any, Optional
 
@@ -85,30 +87,26 @@ def nvml() -> tuple[Any, list, Optional[str]]:
     return pynvml, handles, None
 
 
-class MemorySampler:
-    """Samples host RSS of the process tree and NVML device memory at ``hz`` in a daemon thread."""
+class _Readings:
+    """What the sampler process reads: RSS summed over a process tree, NVML used memory of the visible GPUs
+    (and the part NVML attributes to the tree's processes), each kept at its peak."""
 
-    def __init__(self, hz: float):
-        self.interval = 1.0 / hz
+    def __init__(self, root: int, exclude: int):
         self._nvml, self._handles, self.device_note = nvml()
         self.process_note: Optional[str] = self.device_note
-        self._me = psutil.Process()
-        self._tree: list[psutil.Process] = [self._me]
+        self._root, self._exclude = psutil.Process(root), exclude
+        self._tree: list[psutil.Process] = [self._root]
         self._tree_refreshed = 0.0
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-        self.baseline_bytes = self.peak_device_bytes = 0
+        self.baseline_bytes = self.peak_device_bytes = self._device_used() if self._handles else 0
         self.peak_process_bytes: Optional[int] = None
         self.peak_tree_rss_bytes = 0
         self.samples = 0
-        self._started = self._stopped = 0.0
 
-    # ------------------------------------------------------------ readings
     def _refresh_tree(self) -> None:
         try:
-            self._tree = [self._me, *self._me.children(recursive=True)]
+            self._tree = [p for p in [self._root, *self._root.children(recursive=True)] if p.pid != self._exclude]
         except psutil.Error:
-            self._tree = [self._me]
+            self._tree = [self._root]
         self._tree_refreshed = time.monotonic()
 
     def _tree_rss(self) -> int:
@@ -138,7 +136,7 @@ class MemorySampler:
             self.process_note = "NVML lists none of this run's processes (pid namespace?)"
         return total if seen else None
 
-    def _sample(self) -> None:
+    def sample(self) -> None:
         if time.monotonic() - self._tree_refreshed > CHILDREN_REFRESH_S:
             self._refresh_tree()
         self.peak_tree_rss_bytes = max(self.peak_tree_rss_bytes, self._tree_rss())
@@ -150,36 +148,8 @@ class MemorySampler:
                 self.peak_process_bytes = max(self.peak_process_bytes or 0, used)
         self.samples += 1
 
-    # ------------------------------------------------------------ thread
-    def start(self) -> None:
-        if self._handles:
-            self.baseline_bytes = self.peak_device_bytes = self._device_used()
-        self._started = time.monotonic()
-        self._sample()
-        self._thread = threading.Thread(target=self._loop, name="memory-sampler", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        # A fixed schedule (deadline += interval), so the time a sample takes does not lower the rate;
-        # after a stall (a busy machine) it skips ahead instead of bursting to catch up.
-        deadline = time.monotonic()
-        while True:
-            deadline = max(deadline + self.interval, time.monotonic())
-            if self._stop.wait(deadline - time.monotonic()):
-                return
-            self._sample()
-
-    def stop(self) -> None:
-        if self._thread is None:
-            return
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-        self._stopped = time.monotonic()
-
-    def fields(self) -> dict[str, Any]:
+    def fields(self, elapsed_s: float) -> dict[str, Any]:
         """The record's sampled-memory fields, in MiB."""
-        elapsed = self._stopped - self._started
         return {
             "host_peak_rss_tree_mib": self.peak_tree_rss_bytes / MIB,
             "device_peak_used_mib": (self.peak_device_bytes - self.baseline_bytes) / MIB if self._handles else None,
@@ -187,8 +157,59 @@ class MemorySampler:
             "device_peak_process_mib": self.peak_process_bytes / MIB if self.peak_process_bytes is not None else None,
             "device_process_memory_note": self.process_note if self.peak_process_bytes is None else None,
             "memory_samples": self.samples,
-            "memory_sample_hz_achieved": self.samples / elapsed if elapsed > 0 else None,
+            "memory_sample_hz_achieved": self.samples / elapsed_s if elapsed_s > 0 else None,
         }
+
+
+def _sample_until_stopped(root: int, hz: float) -> None:
+    """The sampler process: sample the tree of ``root`` at ``hz`` until a line arrives on stdin (or it closes),
+    then print the fields as one JSON line. A fixed schedule (deadline += interval) so the time a sample takes
+    does not lower the rate; after a stall it skips ahead instead of bursting to catch up."""
+    readings = _Readings(root, exclude=os.getpid())
+    started = time.monotonic()
+    readings.sample()
+    print("ready", flush=True)
+    deadline, interval = started, 1.0 / hz
+    while True:
+        deadline = max(deadline + interval, time.monotonic())
+        if select.select([sys.stdin], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            break  # "stop", or EOF: the run process is gone
+        readings.sample()
+    readings.sample()
+    print(json.dumps(readings.fields(time.monotonic() - started)), flush=True)
+
+
+class MemorySampler:
+    """Samples host RSS of a process tree and NVML device memory at ``hz``, in a process of its own.
+
+    Not a thread: sampling takes the GIL, and a thread that takes it 100 times a second slows a Python-bound
+    engine (eager HF generate on a GPU launches kernels from Python) by more than any sample is worth. The
+    process is a child of the run (it dies with it) and leaves itself out of the tree it measures.
+    """
+
+    def __init__(self, hz: float, root: Optional[int] = None):
+        self.hz, self.root = hz, root or os.getpid()
+        self._proc: Optional[subprocess.Popen] = None
+        self._fields: dict[str, Any] = {}
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen([sys.executable, "-m", "runner.memory", str(self.root), str(self.hz)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        ready = self._proc.stdout.readline().strip()
+        if ready != "ready":
+            self._proc.kill()
+            raise RuntimeError(f"the memory sampler did not start (exit code {self._proc.wait()})")
+
+    def stop(self) -> None:
+        if self._proc is None or self._fields:
+            return
+        self._proc.stdin.write("stop\n")
+        self._proc.stdin.flush()
+        self._fields = json.loads(self._proc.stdout.readline())
+        self._proc.wait()
+
+    def fields(self) -> dict[str, Any]:
+        return self._fields
 
 
 def release_cached_device_memory() -> None:
@@ -201,3 +222,7 @@ def release_cached_device_memory() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":  # the sampler process of MemorySampler
+    _sample_until_stopped(int(sys.argv[1]), float(sys.argv[2]))

@@ -15,6 +15,9 @@
 #   serving   vLLM's OpenAI server on the Llama-2-7B shape, open-loop Poisson load at 4 / 16 / inf req/s,
 #             ShareGPT prompts, 200 tokens forced, SLOs TTFT 1 s and TPOT 50 ms for goodput
 #   exl2-build  compile ExLlamaV2's CUDA extension (JIT, ~2 min; cached while the machine stays warm)
+#   ablation  what slowed the runner's HF figure (scripts/hf_timing_ablation.py), Llama-2-7B shapes, batch 1/16
+#   fidelity-CONFIGS  scripts/fidelity.py for comma-separated configurations (hf,hf_static,vllm,...) at
+#             batch 1/16 (FID_BATCHES), 3 rounds: the runner's figure against each engine's own loop
 #   pack      tables and records of every run so far into $OUT (end each call with it: $OUT is emptied)
 # Give every call LLM_BENCH_GIT_COMMIT=<the commit you carried>: the device's copy of .git may lag the tree.
 set -uo pipefail
@@ -30,6 +33,8 @@ libs=$(python3 -c "import nvidia; print(':'.join(p + '/cu13/lib:' + p + '/cublas
 export LD_LIBRARY_PATH=${libs}:${LD_LIBRARY_PATH:-}
 RUNS=/tmp/gpu-runs
 COMMON="dataset.limit=16 generation.max_new_tokens=64"
+# The fidelity workload: Llama-2-7B shapes, 128-token prompts, 128 tokens forced (issue 16's measurements)
+FIDELITY_WORKLOAD="model=llama2-7b-random dataset=synthetic dataset.input_len=128 generation.max_new_tokens=128"
 BATCHES=1,4,16
 
 sweep() {  # sweep NAME ARGS... : one multirun into $RUNS/NAME, its log under $OUT
@@ -70,6 +75,14 @@ for stage in "$@"; do
     serving)
       COMMON="scenario=serving model=llama2-7b-random dataset=sharegpt dataset.limit=64 generation.max_new_tokens=200 serving.num_requests=64 serving.slo_ttft_ms=1000 serving.slo_tpot_ms=50"
       sweep serving-vllm engine=vllm serving.request_rate=4,16,inf ;;
+    ablation)
+      python scripts/hf_timing_ablation.py --batch-sizes 1,16 --batches 2 --rounds 3 $FIDELITY_WORKLOAD \
+        engine.dtype=float16 2>&1 | grep -vE "it/s\]" | tee "$OUT/ablation.log" ;;
+    fidelity-*)
+      configs=${stage#fidelity-}
+      python scripts/fidelity.py --engines "$configs" --batch-sizes "${FID_BATCHES:-1,16}" --rounds 3 \
+        --out "$OUT/fidelity-${configs//,/_}" $FIDELITY_WORKLOAD 2>&1 | grep -vE "it/s\]|s/it\]|batch/s\]" \
+        | tee "$OUT/fidelity-${configs//,/_}.log" | tail -n 30 ;;
     exl2-build)
       TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 -c "import exllamav2, exllamav2.ext; print('exllamav2', exllamav2.__version__)" 2>&1 | tail -n 3 ;;
     seed-*)

@@ -52,3 +52,19 @@ def test_cli_records_device_memory_on_the_gpu(run_cli, tmp_path):
     assert row.device_peak_process_mib > row.weights_mib
     assert row.device_peak_used_mib is not None and not row.device_memory_note
     assert row.env_gpu and row.env_gpu_driver and row.env_cuda
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["static", "static-compiled"])
+def test_hf_static_cache_and_compile_on_the_gpu(run_cli, tmp_path, compiled):
+    """The optimized HF mode on the GPU: a static cache (compiled decode step or not), uneven batches; nothing
+    compiles inside the timed region, and the event clock gives every token a time."""
+    proc = run_cli("model=tiny-llama-random", "dataset=synthetic", "dataset.input_len=32", "dataset.limit=5",
+                   "batch_size=2", "generation.max_new_tokens=16", "engine.cache_implementation=static",
+                   f"engine.compile={str(compiled).lower()}", "measure.repetitions=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = load_results(tmp_path / "outputs").iloc[0]
+    assert row["compiled"] == compiled and row.recompiles_measured == 0 and not row.compile_note
+    assert (row.compiled_graphs > 0) == compiled and (row.compile_s > 0) == compiled
+    assert row.warmup_batches_run == 2  # the longest-prompt batch, and the uneven last one (1 prompt)
+    for request in row.request_samples:
+        assert request["output_tokens"] == 16 and len(request["itl_ms"]) == 15 and min(request["itl_ms"]) > 0

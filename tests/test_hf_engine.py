@@ -7,6 +7,7 @@ import pytest
 from engines.base import SamplingSpec
 from engines.hf import HFEngine
 from runner.config import BnbQuantization, HFEngineConfig
+from runner.results import load_results
 from tests.conftest import chat_ids
 
 
@@ -85,3 +86,23 @@ def test_a_missing_engine_package_names_the_install_command():
 
     with pytest.raises(MissingEnginePackage, match=r"'no_such_engine_package' package is missing: pip install -e '\.\[nope\]'"):
         require(Requirement("no_such_engine_package", "pip install -e '.[nope]'"))
+
+
+def test_static_cache_compiled_on_the_cpu_compiles_only_in_the_warm_up(run_cli, tmp_path):
+    """engine.compile on a CPU (transformers compiles only on CUDA unless told): compile time is its own field,
+    spent in the warm-up, which covers the uneven last batch too; no graph is compiled while timing."""
+    proc = run_cli("engine.cache_implementation=static", "engine.compile=true", "engine.compile_mode=default",
+                   "dataset.limit=3", "batch_size=2", "dataset.max_prompt_tokens=64", "generation.max_new_tokens=4",
+                   "measure.perplexity_prompts=0", "measure.agreement_prompts=0", timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = load_results(tmp_path / "outputs").iloc[0]
+    assert row["compiled"] and row.cache_implementation == "static"
+    assert row.compiled_graphs >= 1 and row.compile_s > 0 and row.warmup_s >= row.compile_s
+    assert row.recompiles_measured == 0 and row.compile_note is None
+    assert row.warmup_batches_run == 2 and row.output_tokens == 3 * 4
+
+
+def test_compile_needs_a_static_cache(run_cli, tmp_path):
+    proc = run_cli("engine.compile=true")
+    assert proc.returncode == 2
+    assert "engine.compile=true: needs engine.cache_implementation=static or offloaded_static" in proc.stderr

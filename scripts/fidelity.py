@@ -1,0 +1,142 @@
+"""Does the runner measure each engine at the engine's own speed? Its figure beside the engine's plain loop.
+
+For every engine configuration and batch size: the runner's measured run (``run_point``: warm-up, clocks,
+memory sampler, energy, everything a user's run has) and the engine's own loop (scripts/bare_loops.py: its
+public API, nothing of the runner in the timed path), alternated ABBA over ``--rounds`` rounds on the same
+loaded model, prompts, forced length and batches. Prints output tok/s of both and the runner/bare ratio with
+a 95 % t interval over the rounds' ratios, and writes the table and the raw figures (``--out``).
+
+    python scripts/fidelity.py --engines hf,llamacpp,ctranslate2 --batch-sizes 1,4 --rounds 3
+    python scripts/fidelity.py --engines hf,hf_static,vllm --batch-sizes 1,16 model=llama2-7b-random \\
+        dataset=synthetic generation.max_new_tokens=200
+    python scripts/fidelity.py --serving --rates 1,inf --rounds 3      # see scripts/fidelity_serving.py
+
+Trailing key=value arguments are runner overrides for every configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+
+# Engine configurations of the seed table, as runner overrides.
+CONFIGS = {
+    "hf": ["engine=hf"],
+    "hf_static": ["engine=hf", "engine.cache_implementation=static", "engine.compile=true"],
+    "hf_int8": ["engine=hf_int8"],
+    "hf_nf4": ["engine=hf_nf4"],
+    "llamacpp": ["engine=llamacpp"],
+    "ctranslate2": ["engine=ctranslate2"],
+    "vllm": ["engine=vllm"],
+    "vllm_gptq": ["engine=vllm_gptq"],
+    "exllamav2": ["engine=exllamav2"],
+}
+# A small real workload by default: real ShareGPT prompts through SmolLM2, length forced.
+DEFAULTS = ["dataset.max_prompt_tokens=128", "generation.max_new_tokens=32", "measure.agreement_prompts=0",
+            "measure.perplexity_prompts=0", "isolation=none", "resume=false"]
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from runner.config import register_configs, to_bench_config
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        return to_bench_config(hydra_compose("config", overrides=overrides))
+
+
+def t_interval(values: list[float]) -> tuple[float, float, float]:
+    from runner.stats import t_ci
+
+    mean = float(np.mean(values))
+    low, high = t_ci(values) or (mean, mean)
+    return mean, low, high
+
+
+def compare(label: str, batch_size: int, batches: int, rounds: int, overrides: list[str], workdir: Path) -> dict:
+    """Alternate the runner's measured run and the bare loop on one loaded engine; their tok/s per round."""
+    import bare_loops
+
+    from runner.isolation import KeptEngine
+    from runner.measure import chunk
+    from runner.run import plan, run_point
+
+    cfg = compose([*DEFAULTS, *CONFIGS[label], f"batch_size={batch_size}", f"dataset.limit={batch_size * batches}",
+                   *overrides])
+    work = plan(cfg)
+    engine = KeptEngine(work.engine_cls(cfg.engine))
+    bare = bare_loops.LOOPS[cfg.engine.name]
+    batches = chunk(work.prompts, batch_size)
+    runner_tok_s, bare_tok_s = [], []
+    try:
+        for r in range(rounds):
+            order = ("runner", "bare") if r % 2 == 0 else ("bare", "runner")  # ABBA: drift hits both alike
+            for side in order:
+                if side == "runner":
+                    record = run_point(cfg, work, workdir / f"{label}-bs{batch_size}-{r}", [], engine=engine)
+                    if record["status"] != "ok":
+                        raise RuntimeError(f"{label}: runner run failed: {record['error']}")
+                    runner_tok_s.append(record["output_tok_s"])
+                    engine.warm = True
+                else:
+                    if r == 0:
+                        bare(engine._engine, batches[:1], cfg.generation.max_new_tokens)  # its own warm-up
+                    tokens, seconds = bare(engine._engine, batches, cfg.generation.max_new_tokens)
+                    bare_tok_s.append(tokens / seconds)
+    finally:
+        engine._engine.close()
+    ratios = [a / b for a, b in zip(runner_tok_s, bare_tok_s)]
+    mean, low, high = t_interval(ratios)
+    return {"config": label, "batch_size": batch_size, "runner_tok_s": runner_tok_s, "bare_tok_s": bare_tok_s,
+            "ratio": mean, "ratio_ci_low": low, "ratio_ci_high": high,
+            "runner_cv": float(np.std(runner_tok_s, ddof=1) / np.mean(runner_tok_s)) if rounds > 1 else None,
+            "bare_cv": float(np.std(bare_tok_s, ddof=1) / np.mean(bare_tok_s)) if rounds > 1 else None}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| config | batch | runner tok/s | bare tok/s | runner / bare [95 % CI] | CV runner / bare |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        cv = " / ".join("—" if v is None else f"{v * 100:.1f} %" for v in (row["runner_cv"], row["bare_cv"]))
+        lines.append(f"| {row['config']} | {row['batch_size']} | {np.mean(row['runner_tok_s']):,.1f} | "
+                     f"{np.mean(row['bare_tok_s']):,.1f} | {row['ratio']:.3f} [{row['ratio_ci_low']:.3f}, "
+                     f"{row['ratio_ci_high']:.3f}] | {cv} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engines", default="hf,llamacpp,ctranslate2", help=f"of {', '.join(CONFIGS)}")
+    parser.add_argument("--batch-sizes", default="1,4")
+    parser.add_argument("--batches", type=int, default=2, help="batches per pass (prompts: batch size x this)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, help="write the table (.md) and raw figures (.json) here")
+    args, overrides = parser.parse_known_args()
+    unknown = [e for e in args.engines.split(",") if e not in CONFIGS]
+    if unknown:
+        sys.exit(f"--engines: unknown {', '.join(unknown)}; valid: {', '.join(CONFIGS)}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fidelity_") as tmp:
+        for label in args.engines.split(","):
+            for batch_size in map(int, args.batch_sizes.split(",")):
+                rows.append(compare(label, batch_size, args.batches, args.rounds, overrides, Path(tmp)))
+                print(table(rows[-1:]).splitlines()[-1], flush=True)
+    text = table(rows)
+    print(text)
+    if args.out:
+        args.out.with_suffix(".md").write_text(text + "\n")
+        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
