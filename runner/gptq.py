@@ -84,7 +84,7 @@ def prequantized(model_path: str) -> bool:
 def cache_variant(variant: str, random_weights: bool, calibration: CalibrationSpec = CALIBRATION) -> str:
     """The cache entry name: the variant plus how it was made (RTN, or gptqmodel and its calibration)."""
     parse_variant(variant)
-    return f"{variant}-sym-rtn" if random_weights else f"{variant}-sym-gptqmodel-{calibration.key()}"
+    return f"{variant}-sym-rtn" if random_weights else f"{variant}-sym-gptqmodel-mse-{calibration.key()}"
 
 
 # ---------------------------------------------------------------- per-module layout
@@ -280,19 +280,56 @@ def gptqmodel_checkpoint(hf_dir: str, out: Path, spec: GPTQSpec,
     config = json.loads((Path(hf_dir) / "config.json").read_text())
     shapes = _linear_shapes(config)
     # act_group_aware off: gptqmodel refuses it on the per-channel (group_size -1) modules.
+    # mse=2.4: each group's scale from the GPTQ paper's clipping search (shrink max|w| while the L^2.4 error
+    # falls) instead of max|w|. Without it the result is chaotic in float rounding: the same code and
+    # calibration on other matmul kernels (AMX or not, 1 or 2 threads, bf16 or fp32) changes ~19% of the
+    # 4-bit codes, and 2 of 9 such builds of SmolLM2 (this machine's AMX bf16 one among them) lose " Paris"
+    # and fall below RTN in the test; held-out KL to float32 was 0.50-0.54 for all (RTN 0.57). With it: KL
+    # 0.38-0.39 and " Paris" with a wider margin than RTN's in all 4 builds tried; ~3x the CPU time.
     quantize_config = gptqmodel.QuantizeConfig(bits=spec.bits, group_size=spec.group_size, sym=True,
-                                               desc_act=False, act_group_aware=False,
+                                               desc_act=False, act_group_aware=False, mse=2.4,
                                                dynamic=dynamic_overrides(shapes, spec) or None)
-    model = gptqmodel.GPTQModel.load(hf_dir, quantize_config)
+    # gptqmodel calibrates in bfloat16 on any CPU (its auto_dtype); float32 costs no more here and keeps the
+    # unquantized tensors exact until the float16 cast below (as rtn_checkpoint does).
+    dtype = {} if torch.cuda.is_available() else {"dtype": torch.float32}
+    model = gptqmodel.GPTQModel.load(hf_dir, quantize_config, **dtype)
     model.quantize([{"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
                     for ids in prompts], batch_size=1)
     model.save(str(out))
+    _to_float16(out)
     saved = json.loads((out / "config.json").read_text())
     saved["quantization_config"].setdefault("checkpoint_format", "gptq")
+    saved["torch_dtype"] = saved["dtype"] = "float16"
     (out / "config.json").write_text(json.dumps(saved, indent=2))
     for name in COPIED_FILES:
         if (Path(hf_dir) / name).is_file() and not (out / name).exists():
             shutil.copy(Path(hf_dir) / name, out / name)
+
+
+def _to_float16(out: Path) -> None:
+    """Cast the unquantized float tensors gptqmodel saved in the model dtype (embeddings, norms, LM head) to
+    float16, as vLLM's gptq kernels and ExLlamaV2 expect; qweight/qzeros/g_idx are ints, scales float16."""
+    import os
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    total = 0
+    for path in sorted(out.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata()
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        if any(t.is_floating_point() and t.dtype != torch.float16 for t in tensors.values()):
+            tensors = {name: t.half() if t.is_floating_point() else t for name, t in tensors.items()}
+            save_file(tensors, f"{path}.tmp", metadata=metadata)
+            os.replace(f"{path}.tmp", path)
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+    index = out / "model.safetensors.index.json"
+    if index.is_file():  # sharded: its total_size counts the bytes the cast changed
+        data = json.loads(index.read_text())
+        data.setdefault("metadata", {})["total_size"] = total
+        index.write_text(json.dumps(data, indent=2))
 
 
 def _linear_shapes(config: dict) -> dict[str, tuple[int, int]]:

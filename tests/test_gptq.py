@@ -91,7 +91,8 @@ def test_random_model_variant_is_rtn_packed_and_cached(cache_dir):
 def smollm2_gptqmodel(smollm2_hf, cache_dir) -> str:
     """SmolLM2 through gptqmodel with the small calibration, once per cache."""
     pytest.importorskip("gptqmodel")  # the optional [gptq] extra
-    target = Path(cache_dir) / "test-gptq" / f"smollm2-gptq-w4g128-{SMALL_CALIBRATION.key()}"
+    # Named like the runner's cache entries (method and calibration): a checkpoint made another way is not reused.
+    target = Path(cache_dir) / "test-gptq" / f"smollm2-{gptq.cache_variant('gptq-w4g128', False, SMALL_CALIBRATION)}"
     build_dir_atomically(target, lambda out: gptq.gptqmodel_checkpoint(smollm2_hf, out, W4G128, SMALL_CALIBRATION))
     return str(target)
 
@@ -104,15 +105,19 @@ def smollm2_rtn(smollm2_hf, tmp_path_factory) -> str:
 
 
 def test_gptqmodel_checkpoint_layout(smollm2_gptqmodel):
-    quant = json.loads((Path(smollm2_gptqmodel) / "config.json").read_text())["quantization_config"]
+    config = json.loads((Path(smollm2_gptqmodel) / "config.json").read_text())
+    quant = config["quantization_config"]
     assert quant["bits"] == 4 and quant["group_size"] == 128 and quant["sym"] is True and not quant["desc_act"]
     assert quant.get("checkpoint_format", quant.get("format")) == "gptq"
+    assert config["dtype"] == "float16"  # whatever dtype gptqmodel calibrated in
     from safetensors import safe_open
 
     [path] = Path(smollm2_gptqmodel).glob("*.safetensors")
     with safe_open(str(path), "pt") as f:
         names = set(f.keys())
         assert f.get_tensor("model.layers.0.mlp.down_proj.scales").shape == (1536 // 128, 576)
+        assert {f.get_tensor(name).dtype for name in names if not name.endswith(("qweight", "qzeros", "g_idx"))} \
+            == {torch.float16}
     assert {f"model.layers.0.self_attn.q_proj.{k}" for k in ("qweight", "qzeros", "scales", "g_idx")} <= names
 
 
