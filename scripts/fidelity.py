@@ -63,44 +63,57 @@ def t_interval(values: list[float]) -> tuple[float, float, float]:
     return mean, low, high
 
 
-def compare(label: str, batch_size: int, batches: int, rounds: int, overrides: list[str], workdir: Path) -> dict:
-    """Alternate the runner's measured run and the bare loop on one loaded engine; their tok/s per round."""
+def compare(label: str, batch_sizes: list[int], batches: int, rounds: int, overrides: list[str],
+            workdir: Path) -> list[dict]:
+    """Alternate the runner's measured run and the bare loop on one loaded engine (kept across the batch
+    sizes: a vLLM start costs minutes); a row of both sides' tok/s per round for each batch size."""
     import bare_loops
 
     from runner.isolation import KeptEngine
     from runner.measure import chunk
     from runner.run import plan, run_point
 
-    cfg = compose([*DEFAULTS, *CONFIGS[label], f"batch_size={batch_size}", f"dataset.limit={batch_size * batches}",
-                   *overrides])
-    work = plan(cfg)
-    engine = KeptEngine(work.engine_cls(cfg.engine))
-    bare = bare_loops.LOOPS[cfg.engine.name]
-    batches = chunk(work.prompts, batch_size)
-    runner_tok_s, bare_tok_s = [], []
+    engine, rows = None, []
     try:
-        for r in range(rounds):
-            order = ("runner", "bare") if r % 2 == 0 else ("bare", "runner")  # ABBA: drift hits both alike
-            for side in order:
-                if side == "runner":
-                    record = run_point(cfg, work, workdir / f"{label}-bs{batch_size}-{r}", [], engine=engine)
-                    if record["status"] != "ok":
-                        raise RuntimeError(f"{label}: runner run failed: {record['error']}")
-                    runner_tok_s.append(record["output_tok_s"])
-                    engine.warm = True
-                else:
-                    if r == 0:
-                        bare(engine._engine, batches[:1], cfg.generation.max_new_tokens)  # its own warm-up
-                    tokens, seconds = bare(engine._engine, batches, cfg.generation.max_new_tokens)
-                    bare_tok_s.append(tokens / seconds)
+        for batch_size in batch_sizes:
+            cfg = compose([*DEFAULTS, *CONFIGS[label], f"batch_size={batch_size}",
+                           f"dataset.limit={batch_size * batches}", *overrides])
+            work = plan(cfg)
+            engine = engine or KeptEngine(work.engine_cls(cfg.engine))
+            bare = bare_loops.LOOPS[cfg.engine.name]
+            prompts = chunk(work.prompts, batch_size)
+            runner_tok_s, bare_tok_s = [], []
+            for r in range(rounds):
+                for side in ("runner", "bare") if r % 2 == 0 else ("bare", "runner"):  # ABBA: drift hits both
+                    if side == "runner":
+                        record = run_point(cfg, work, workdir / f"{label}-bs{batch_size}-{r}", [], engine=engine)
+                        if record["status"] != "ok":
+                            raise RuntimeError(f"{label}: runner run failed: {record['error']}")
+                        runner_tok_s.append(record["output_tok_s"])
+                        engine.warm = True
+                    else:
+                        if r == 0:
+                            bare(engine._engine, prompts[:1], cfg.generation.max_new_tokens)  # its own warm-up
+                        tokens, seconds = bare(engine._engine, prompts, cfg.generation.max_new_tokens)
+                        bare_tok_s.append(tokens / seconds)
+            rows.append(_row(label, batch_size, runner_tok_s, bare_tok_s))
+            print(table(rows[-1:]).splitlines()[-1], flush=True)
     finally:
-        engine._engine.close()
+        if engine is not None:
+            engine._engine.close()
+    return rows
+
+
+def _row(label: str, batch_size: int, runner_tok_s: list[float], bare_tok_s: list[float]) -> dict:
     ratios = [a / b for a, b in zip(runner_tok_s, bare_tok_s)]
     mean, low, high = t_interval(ratios)
+
+    def spread(values):
+        return float(np.std(values, ddof=1) / np.mean(values)) if len(values) > 1 else None
+
     return {"config": label, "batch_size": batch_size, "runner_tok_s": runner_tok_s, "bare_tok_s": bare_tok_s,
             "ratio": mean, "ratio_ci_low": low, "ratio_ci_high": high,
-            "runner_cv": float(np.std(runner_tok_s, ddof=1) / np.mean(runner_tok_s)) if rounds > 1 else None,
-            "bare_cv": float(np.std(bare_tok_s, ddof=1) / np.mean(bare_tok_s)) if rounds > 1 else None}
+            "runner_cv": spread(runner_tok_s), "bare_cv": spread(bare_tok_s)}
 
 
 def table(rows: list[dict]) -> str:
@@ -128,9 +141,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="fidelity_") as tmp:
         for label in args.engines.split(","):
-            for batch_size in map(int, args.batch_sizes.split(",")):
-                rows.append(compare(label, batch_size, args.batches, args.rounds, overrides, Path(tmp)))
-                print(table(rows[-1:]).splitlines()[-1], flush=True)
+            rows += compare(label, list(map(int, args.batch_sizes.split(","))), args.batches, args.rounds,
+                            overrides, Path(tmp))
     text = table(rows)
     print(text)
     if args.out:

@@ -23,8 +23,8 @@ def test_runner_equals_the_engines_own_loop(config, tmp_path, cache_dir, monkeyp
     import fidelity
 
     monkeypatch.setenv("LLM_BENCH_CACHE", cache_dir)
-    row = fidelity.compare(config, batch_size=2, batches=2, rounds=4, overrides=["generation.max_new_tokens=16"],
-                           workdir=tmp_path)
+    [row] = fidelity.compare(config, batch_sizes=[2], batches=2, rounds=4,
+                             overrides=["generation.max_new_tokens=16"], workdir=tmp_path)
     print(f"{config}: runner {row['runner_tok_s']} bare {row['bare_tok_s']} ratio {row['ratio']:.3f} "
           f"[{row['ratio_ci_low']:.3f}, {row['ratio_ci_high']:.3f}]")
     assert len(row["runner_tok_s"]) == len(row["bare_tok_s"]) == 4
