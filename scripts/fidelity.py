@@ -9,7 +9,7 @@ a 95 % t interval over the rounds' ratios, and writes the table and the raw figu
     python scripts/fidelity.py --engines hf,llamacpp,ctranslate2 --batch-sizes 1,4 --rounds 3
     python scripts/fidelity.py --engines hf,hf_static,vllm --batch-sizes 1,16 model=llama2-7b-random \\
         dataset=synthetic generation.max_new_tokens=200
-    python scripts/fidelity.py --serving --rates 1,inf --rounds 3      # see scripts/fidelity_serving.py
+    python scripts/fidelity_serving.py --rates 1,inf --rounds 3       # served load: the runner vs vllm bench serve
 
 Trailing key=value arguments are runner overrides for every configuration.
 """
