@@ -281,16 +281,16 @@ def gptqmodel_checkpoint(hf_dir: str, out: Path, spec: GPTQSpec,
     shapes = _linear_shapes(config)
     # act_group_aware off: gptqmodel refuses it on the per-channel (group_size -1) modules.
     # mse=2.4: each group's scale from the GPTQ paper's clipping search (shrink max|w| while the L^2.4 error
-    # falls) instead of max|w|. Without it the result is chaotic in float rounding: the same code and
-    # calibration on other matmul kernels (AMX or not, 1 or 2 threads, bf16 or fp32) changes ~19% of the
-    # 4-bit codes, and 2 of 9 such builds of SmolLM2 (this machine's AMX bf16 one among them) lose " Paris"
-    # and fall below RTN in the test; held-out KL to float32 was 0.50-0.54 for all (RTN 0.57). With it: KL
-    # 0.38-0.39 and " Paris" with a wider margin than RTN's in all 4 builds tried; ~3x the CPU time.
+    # falls), not max|w|. Without it GPTQ's result is chaotic in float rounding: the same code and calibration
+    # on other matmul kernels (AMX or not, 1 or 2 threads, bf16 or fp32) changes ~19% of the 4-bit codes, and
+    # 2 of 9 such SmolLM2 builds (this machine's AMX bf16 one among them) lost " Paris" and fell below RTN in
+    # tests/test_gptq.py, though held-out KL to float32 was 0.50-0.54 in all (RTN 0.57). With it, 6 of 6
+    # builds: KL 0.37-0.39, " Paris" by a wider logit margin than RTN's. Costs ~3x the CPU time.
     quantize_config = gptqmodel.QuantizeConfig(bits=spec.bits, group_size=spec.group_size, sym=True,
                                                desc_act=False, act_group_aware=False, mse=2.4,
                                                dynamic=dynamic_overrides(shapes, spec) or None)
-    # gptqmodel calibrates in bfloat16 on any CPU (its auto_dtype); float32 costs no more here and keeps the
-    # unquantized tensors exact until the float16 cast below (as rtn_checkpoint does).
+    # gptqmodel calibrates in bfloat16 on any CPU (its auto_dtype) and saves the unquantized tensors so;
+    # float32 (no slower here with mse) keeps them exact until the float16 cast below, as rtn_checkpoint does.
     dtype = {} if torch.cuda.is_available() else {"dtype": torch.float32}
     model = gptqmodel.GPTQModel.load(hf_dir, quantize_config, **dtype)
     model.quantize([{"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
