@@ -68,6 +68,9 @@ def vllm_round(base_url: str, prompts_file: Path, tokenizer_dir: str, rate: str,
                     "--dataset-path", str(prompts_file), "--skip-chat-template", "--disable-shuffle",
                     "--custom-output-len", str(args.tokens), "--num-prompts", str(args.requests),
                     "--request-rate", rate, "--ignore-eos", "--temperature", "0", "--seed", "0", "--save-result",
+                    # the runner's attach mode sends min_tokens too: llama.cpp's server ignores ignore_eos but
+                    # masks EOS until min_tokens, so without it the bench's requests end early and do less work
+                    "--extra-body", json.dumps({"min_tokens": args.tokens}),
                     "--result-dir",
                     str(workdir), "--result-filename", name, "--percentile-metrics", "ttft,tpot,itl,e2el"],
                    cwd=workdir, env=_env(), check=True, capture_output=True)

@@ -451,6 +451,9 @@ def test_arrival_gaps_follow_the_rate():
         gaps = arrival_gaps_s(20000, 4.0, burstiness, 0)
         assert sum(gaps) / len(gaps) == pytest.approx(0.25, rel=0.03)  # mean gap 1/rate whatever the shape
     assert arrival_gaps_s(5, 4.0, 1.0, 7) == arrival_gaps_s(5, 4.0, 1.0, 7)  # seeded
+    # vLLM's draws for the same seed: np.random.seed(seed), then np.random.gamma(burstiness, 1 / (rate * b)) each
+    np.random.seed(7)
+    assert arrival_gaps_s(5, 4.0, 0.5, 7) == [np.random.gamma(shape=0.5, scale=1 / (4.0 * 0.5)) for _ in range(5)]
 
 
 def test_vllm_schedule_offers_the_rate_asked_for():

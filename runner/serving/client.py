@@ -139,9 +139,10 @@ def arrival_gaps_s(count: int, request_rate: float, burstiness: float, seed: int
     """
     if request_rate == float("inf"):
         return [0.0] * count
-    rng = np.random.default_rng(seed)
+    # numpy's legacy generator, as vLLM's benchmark (np.random.seed(seed), then one gamma draw per request): the
+    # same seed sends the same schedule as `vllm bench serve --seed`, so the two can be compared request for request
+    rng = np.random.RandomState(seed)
     rates = np.asarray(target_rates_rps(count, request_rate, ramp, ramp_start_rate))
-    # The same draws as one scalar scale: the seed gives the same gaps with or without the array.
     return rng.gamma(shape=burstiness, scale=1.0 / (rates * burstiness)).tolist()
 
 
