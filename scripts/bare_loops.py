@@ -119,6 +119,7 @@ def exllamav2(engine, batches, new_tokens: int) -> tuple[int, float]:
 
     from engines.exllamav2 import _left_padded  # the padding/mask layout ExLlamaV2's generator builds
 
+    @torch.inference_mode()  # as ExLlamaV2's own generators run
     def run_batch(batch) -> int:
         engine._ensure_cache(batch, new_tokens)  # a cache of the batch's shape, as the timed runs have
         ids, mask, offsets = _left_padded(batch)
