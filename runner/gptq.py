@@ -32,8 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from engines.base import Requirement, require
 from runner.config import ConfigError
 
+GPTQMODEL = Requirement("gptqmodel", "pip install -e '.[gptq]'")  # GPTQ of real weights (random ones: RTN here)
 VARIANT_PATTERN = re.compile(r"gptq-w(?P<bits>[48])g(?P<group>\d+)")
 # vLLM fuses these projections, and matches `dynamic` patterns against the fused name.
 FUSED_NAMES = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
@@ -271,8 +273,6 @@ def gptqmodel_checkpoint(hf_dir: str, out: Path, spec: GPTQSpec,
     import os
 
     import torch
-
-    from engines import GPTQMODEL, require
 
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(len(os.sched_getaffinity(0))))
     gptqmodel = require(GPTQMODEL)

@@ -234,9 +234,9 @@ def prestart_worker(cfg: BenchConfig) -> None:
     if _worker is not None and _worker.key == key and _worker.process.is_alive():
         return
     shutdown_worker()
-    from engines import ENGINES
+    from engines import adapter_module
 
-    engine_module = ENGINES.get(cfg.engine.name, "").split(":")[0]
+    engine_module = adapter_module(cfg.engine.name)
     _worker = _start(keep_engine=True, key=key, preload=tuple(filter(None, ("torch", "transformers", engine_module))))
 
 

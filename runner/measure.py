@@ -15,12 +15,24 @@ from engines.base import Engine, SamplingSpec, now
 from runner import compilation
 from runner.energy import EnergyMeter
 from runner.memory import MIB, HostPeak, MemorySampler, release_cached_device_memory
-from runner.metrics import (BatchSample, RequestSample, headline_uncertainty, repetition_rates, request_sample,
-                            summarize)
+from runner.metrics import (
+    BatchSample,
+    RequestSample,
+    headline_uncertainty,
+    repetition_rates,
+    request_sample,
+    summarize,
+)
 from runner.perplexity import perplexity_fields
 from runner.quality import AGREEMENT_TOKENS
 from runner.records import flatten
-from runner.roofline import kv_element_bytes, measured_peak, model_shape, roofline_fields, table_peak
+from runner.roofline import (
+    kv_element_bytes,
+    measured_peak,
+    model_shape,
+    roofline_fields,
+    table_peak,
+)
 from runner.stats import relative_half_width
 
 if TYPE_CHECKING:
@@ -210,8 +222,8 @@ def measure_run(cfg: "BenchConfig", work: "Workload", engine: Engine, model_path
 def _roofline(cfg: "BenchConfig", engine: Engine, model_path: str, weights: int | None,
               record: dict[str, Any]) -> dict[str, Any]:
     """Roofline fields; the peak measurement runs once per machine (cached), after the timed region."""
+    from runner.cache import cache_root
     from runner.environment import accelerator_name
-    from runner.models import cache_root
 
     device = "cuda" if str(engine.resolved.get("device", "cpu")).startswith("cuda") else "cpu"
     name = accelerator_name(device)

@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
-from engines import GPTQMODEL
 from engines.base import Requirement
+from runner.cache import build_dir_atomically, cache_root
 from runner.config import ConfigError, ModelConfig, is_local_path
+from runner.gptq import GPTQMODEL
 
 
 @dataclass
@@ -32,11 +28,6 @@ class PreparedModel:
     path: str  # what the engine loads (directory or file)
     prepare_s: float  # time spent converting on this run (0.0 when the cache had it)
     cache_hit: bool
-
-
-def cache_root(cache_dir: Optional[str]) -> Path:
-    root = cache_dir or os.environ.get("LLM_BENCH_CACHE") or "~/.cache/llm-bench"
-    return Path(root).expanduser()
 
 
 def gguf_path(model: ModelConfig) -> Path:
@@ -115,27 +106,6 @@ def preparation_requirements(model: ModelConfig, model_format: str, cache_dir: O
     return (replace(GPTQMODEL, needed_by=f"model {model.name} as {variant} (a GPTQ conversion, cached once made)"),)
 
 
-def build_dir_atomically(target: Path, fill: Callable[[Path], None]) -> bool:
-    """Make directory ``target`` unless it exists: ``fill`` writes into a temporary sibling renamed into place.
-
-    Returns whether it was built now. An interrupted build never leaves a half-written ``target``.
-    """
-    if target.exists():
-        return False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        fill(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished the same build first: keep theirs
-            if not target.exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return True
-
-
 def _entry_dir(model: ModelConfig, cache_dir: Optional[str]) -> Path:
     return cache_root(cache_dir) / "models" / f"{model.name}-{_source_key(model)}"
 
@@ -193,120 +163,40 @@ def _hf_to_gptq(model: ModelConfig, out: Path, cache_dir: Optional[str], variant
     from runner import gptq
 
     spec = gptq.parse_variant(variant.split("-sym-")[0])
-    hf = prepare(model, "hf", cache_dir).path
     if model.random:
-        return gptq.rtn_checkpoint(hf, out, spec)
-    if not is_local_path(hf):
-        from huggingface_hub import snapshot_download
-
-        hf = snapshot_download(hf)
-    return gptq.gptqmodel_checkpoint(os.path.expanduser(hf), out, spec)
+        return gptq.rtn_checkpoint(prepare(model, "hf", cache_dir).path, out, spec)
+    return gptq.gptqmodel_checkpoint(_local_hf(model, cache_dir), out, spec)
 
 
 def _hf_to_ct2(model: ModelConfig, out: Path, cache_dir: Optional[str], variant: Optional[str]) -> None:
-    """Convert the HF weights with CTranslate2's converter, stored at quantization ``variant``.
+    """CTranslate2's converter on the HF weights, stored at quantization ``variant``."""
+    from engines.ctranslate2.convert import from_hf
 
-    generation_config.json goes along so the engine stops on the same EOS ids as the HF engine.
-    """
-    from transformers import AutoTokenizer
-
-    from engines import CTRANSLATE2, LLAMA_CPP, require
-
-    ctranslate2 = require(CTRANSLATE2)
-    hf = prepare(model, "hf", cache_dir).path
-    copy = [name for name in ("generation_config.json",) if (Path(hf) / name).is_file()]
-    ctranslate2.converters.TransformersConverter(
-        hf, copy_files=copy, trust_remote_code=model.trust_remote_code,
-    ).convert(str(out), quantization=variant, force=True)
-    # The engine feeds token strings from vocabulary.json by position, so position must be the
-    # tokenizer's id; the converter sorts the vocabulary by id, which gaps in the ids would shift.
-    tokens = json.loads((out / "vocabulary.json").read_text(encoding="utf-8"))
-    tokenizer = AutoTokenizer.from_pretrained(hf, trust_remote_code=model.trust_remote_code)
-    if tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))) != tokens[:len(tokenizer)]:
-        raise ValueError(f"model '{model.name}': CTranslate2's vocabulary does not follow the tokenizer's ids")
-
-
-def gguf_ftype(quant_type: str) -> int:
-    """llama.cpp's file-type number for a GGUF quantization name (q8_0, q4_k_m, f16, ...; any case)."""
-    from engines import CTRANSLATE2, LLAMA_CPP, require
-
-    llama_cpp = require(LLAMA_CPP)
-    ftypes = {name[len("LLAMA_FTYPE_MOSTLY_"):].lower(): getattr(llama_cpp, name)
-              for name in dir(llama_cpp) if name.startswith("LLAMA_FTYPE_MOSTLY_")}
-    ftypes["f32"] = llama_cpp.LLAMA_FTYPE_ALL_F32
-    try:
-        return ftypes[quant_type.lower()]
-    except KeyError:
-        raise ConfigError(f"engine.quant_type={quant_type}: not a llama.cpp GGUF type; "
-                          f"known: {', '.join(sorted(ftypes))}") from None
+    from_hf(_local_hf(model, cache_dir), out, variant, model.trust_remote_code)
 
 
 def _to_gguf(model: ModelConfig, out: Path, cache_dir: Optional[str], variant: Optional[str]) -> None:
     """A GGUF at quantization ``variant``, made by llama.cpp itself from the model's GGUF (as shipped or
     converted from HF); variant None reaches here only for a spec without a GGUF (model.hf or model.random):
-    convert_hf_to_gguf.py's output."""
+    llama.cpp's convert_hf_to_gguf.py's output."""
+    from engines.llamacpp import convert
+
     if variant is None:
-        return _hf_to_gguf(model, out / "model.gguf", cache_dir)
-    from engines import CTRANSLATE2, LLAMA_CPP, require
-
-    llama_cpp = require(LLAMA_CPP)
-    ftype = gguf_ftype(variant)
+        tool = cache_root(cache_dir) / "tools" / convert.convert_tool_name()
+        build_dir_atomically(tool, convert.fetch_convert_tool)
+        return convert.from_hf(_local_hf(model, cache_dir), out / "model.gguf", tool, model.name)
     source = Path(prepare(model, "gguf", cache_dir).path)
-    source = source / "model.gguf" if source.is_dir() else source
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = ftype
-    params.allow_requantize = True  # a quantized GGUF (e.g. the shipped Q4_1) may be the only source
-    if llama_cpp.llama_model_quantize(str(source).encode(), str(out / "model.gguf").encode(), params) != 0:
-        raise RuntimeError(f"llama.cpp could not quantize {source} to {variant} (IQ types need an imatrix)")
+    convert.quantize(source / "model.gguf" if source.is_dir() else source, out / "model.gguf", variant)
 
 
-def _hf_to_gguf(model: ModelConfig, out_file: Path, cache_dir: Optional[str]) -> None:
-    """Run llama.cpp's convert_hf_to_gguf.py (its default --outtype auto: the checkpoint's half precision)."""
-    if importlib.util.find_spec("sentencepiece") is None:  # the script imports it for every Llama-type vocab
-        raise ConfigError(f"model '{model.name}': converting to GGUF runs llama.cpp's convert_hf_to_gguf.py, "
-                          "which needs sentencepiece: pip install sentencepiece (or set model.gguf)")
-    tool = _llama_cpp_convert_tool(cache_dir)
-    source = prepare(model, "hf", cache_dir).path  # model.hf as given, or a random model built first
+def _local_hf(model: ModelConfig, cache_dir: Optional[str]) -> str:
+    """The model as a local HF directory: model.hf as given (downloaded when a hub id), or built first."""
+    source = prepare(model, "hf", cache_dir).path
     if is_local_path(source):
-        source = os.path.expanduser(source)
-    else:
-        from huggingface_hub import snapshot_download
+        return os.path.expanduser(source)
+    from huggingface_hub import snapshot_download
 
-        source = snapshot_download(source)
-    path = os.pathsep.join([str(tool / "gguf-py"), str(tool), os.environ.get("PYTHONPATH", "")])
-    done = subprocess.run([sys.executable, str(tool / "convert_hf_to_gguf.py"), source, "--outfile", str(out_file)],
-                          env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"convert_hf_to_gguf.py failed on {source}: {last}")
-
-
-def _llama_cpp_convert_tool(cache_dir: Optional[str]) -> Path:
-    """llama.cpp's HF -> GGUF converter, which the llama-cpp-python wheel leaves out.
-
-    Taken once from the sdist of the installed llama-cpp-python (its vendor/llama.cpp: the script, its
-    ``conversion`` package and ``gguf-py``), so the converter is the one the installed library reads.
-    """
-    import importlib.metadata
-    import tarfile
-
-    version = importlib.metadata.version("llama-cpp-python")
-    prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
-
-    def fill(out: Path) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:", "--no-deps",
-                            f"llama-cpp-python=={version}", "-d", tmp], check=True)
-            with tarfile.open(next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))) as tar:
-                members = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.name[len(prefix):]
-                           .split("/")[0] in ("convert_hf_to_gguf.py", "conversion", "gguf-py")]
-                for member in members:
-                    member.name = member.name[len(prefix):]
-                tar.extractall(out, members=members, filter="data")
-
-    tool = cache_root(cache_dir) / "tools" / f"llama.cpp-{version}"
-    build_dir_atomically(tool, fill)
-    return tool
+    return snapshot_download(source)
 
 
 # format -> converter(model spec, empty output directory, cache_dir, variant); it fills the directory.

@@ -14,8 +14,10 @@ import json
 from typing import Optional
 
 from engines.base import SamplingSpec
-from runner.config import BenchConfig, HFEngineConfig
-from runner.models import cache_root, prepare
+from engines.hf import HFEngineConfig
+from runner.cache import cache_root
+from runner.config import BenchConfig
+from runner.models import prepare
 from runner.records import write_json_atomic
 
 AGREEMENT_TOKENS = 32
@@ -37,7 +39,7 @@ def reference_outputs(cfg: BenchConfig, prompts: list[list[int]], sampling: Samp
     path = cache_root(cfg.cache_dir) / "references" / f"{cfg.model.name}-{key}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    from engines.hf import HFEngine
+    from engines.hf.engine import HFEngine
 
     engine = HFEngine(HFEngineConfig())  # dtype auto: float32 on CPU, float16 on CUDA
     engine.load(prepare(cfg.model, "hf", cfg.cache_dir).path)

@@ -13,13 +13,12 @@ from typing import Any, Optional
 from engines import get_engine_class
 from engines.base import Engine, SamplingSpec
 from runner.config import BenchConfig, ConfigError, validate
-from runner.data import load_prompts
+from runner.data import data_file_fingerprint, load_prompts, prompts_fingerprint
 from runner.environment import environment
+from runner.interrupts import deferred
 from runner.measure import measure_run
 from runner.models import preparation_requirements, prepare, tokenizer_source
 from runner.quality import agreement_fields, wanted_reference
-from runner.data import data_file_fingerprint, prompts_fingerprint
-from runner.interrupts import deferred
 from runner.records import RECORD_NAME, flatten, write_json_atomic
 from runner.resume import find_complete, index_record, run_key
 
@@ -69,9 +68,9 @@ def check_requirements(cfg: BenchConfig) -> None:
     """
     needed = []
     if cfg.scenario == "serving":
-        from runner.serving.backends import backend_for
+        from runner.serving.backends import requirements
 
-        needed += backend_for(cfg).requires
+        needed += requirements(cfg)
     if not (cfg.scenario == "serving" and cfg.server.url):  # attach mode: the server is someone else's
         engine_cls = _engine_class(cfg)
         needed += engine_cls.requirements(cfg.engine)
@@ -90,9 +89,9 @@ def plan(cfg: BenchConfig) -> Workload:
     validate(cfg)
     check_requirements(cfg)
     if cfg.scenario == "serving":  # requests to an OpenAI-compatible server: runner/serving
-        from runner import serving
+        from runner.serving.plan import plan as plan_serving
 
-        return serving.plan(cfg)
+        return plan_serving(cfg)
     engine_cls = _engine_class(cfg)
     variant = engine_cls.model_variant(cfg.engine)
     source, kwargs = tokenizer_source(cfg.model, cfg.cache_dir)
@@ -125,9 +124,9 @@ def execute(cfg: BenchConfig, work: Any, run_dir: Path, overrides: list[str]) ->
     """
     fingerprints = _fingerprints(cfg, work)
     if cfg.scenario == "serving":
-        from runner import serving
+        from runner.serving.execute import execute as execute_serving
 
-        record = serving.execute(cfg, work, run_dir, overrides)
+        record = execute_serving(cfg, work, run_dir, overrides)
     else:
         record = _base_record(cfg, work, run_dir, overrides)
         if cfg.isolation == "none":

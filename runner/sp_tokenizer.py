@@ -15,9 +15,9 @@ import os
 from pathlib import Path
 from typing import Iterator, Optional
 
+from runner.cache import build_dir_atomically, cache_root
 from runner.config import ConfigError, ShareGPTConfig
 from runner.data import _sharegpt_texts
-from runner.models import build_dir_atomically, cache_root
 
 CORPUS_MIB = 8  # ShareGPT's first human turns hold ~13 MiB; 8 MiB trains 32000 pieces in ~2 s on 2 cores
 

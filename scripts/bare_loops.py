@@ -117,7 +117,9 @@ def exllamav2(engine, batches, new_tokens: int) -> tuple[int, float]:
     the cache, then one ``model.forward`` per token, greedy, EOS masked (the forced length)."""
     import torch
 
-    from engines.exllamav2 import _left_padded  # the padding/mask layout ExLlamaV2's generator builds
+    from engines.exllamav2.engine import (
+        _left_padded,  # the padding/mask layout ExLlamaV2's generator builds
+    )
 
     @torch.inference_mode()  # as ExLlamaV2's own generators run
     def run_batch(batch) -> int:

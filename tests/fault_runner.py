@@ -17,7 +17,7 @@ def _install() -> None:
     faults = dict(item.split(":") for item in os.environ.get("LLM_BENCH_TEST_FAULTS", "").split(",") if item)
     if not faults:
         return
-    from engines.hf import HFEngine
+    from engines.hf.engine import HFEngine
 
     real_generate = HFEngine.generate
 

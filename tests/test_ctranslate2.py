@@ -6,10 +6,12 @@ import json
 
 import pytest
 
-from engines.base import SamplingSpec
-from engines.ctranslate2 import CTranslate2Engine
-from engines.hf import HFEngine
-from runner.config import (CT2ComputeType, ConfigError, CTranslate2EngineConfig, Device, DType, HFEngineConfig)
+from engines.base import Device, DType, SamplingSpec
+from engines.ctranslate2 import CT2ComputeType, CTranslate2EngineConfig
+from engines.ctranslate2.engine import CTranslate2Engine
+from engines.hf import HFEngineConfig
+from engines.hf.engine import HFEngine
+from runner.config import ConfigError
 from runner.models import prepare
 from tests.conftest import FAST, chat_ids, smollm2_spec
 

@@ -13,7 +13,8 @@ import torch
 
 from engines import get_engine_class
 from engines.base import SamplingSpec
-from runner.config import ExLlamaV2CacheDType, ExLlamaV2EngineConfig, ModelConfig
+from engines.exllamav2 import ExLlamaV2CacheDType, ExLlamaV2EngineConfig
+from runner.config import ModelConfig
 from runner.models import prepare
 from tests.conftest import chat_ids
 
@@ -45,7 +46,7 @@ def test_without_cuda_load_fails_with_one_clear_line(cache_dir):
 def test_an_mlp_width_exllamav2_cannot_pad_is_refused_in_one_line():
     from types import SimpleNamespace
 
-    from engines.exllamav2 import _check_intermediate_size
+    from engines.exllamav2.engine import _check_intermediate_size
 
     _check_intermediate_size(SimpleNamespace(intermediate_size=1536))  # SmolLM2: fine
     with pytest.raises(RuntimeError, match="intermediate_size divisible by 32.*has 172$"):
@@ -57,7 +58,7 @@ def test_the_rope_theta_of_a_transformers_5_config_reaches_exllamav2(tmp_path):
     import json
     from types import SimpleNamespace
 
-    from engines.exllamav2 import _rope_from_rope_parameters
+    from engines.exllamav2.engine import _rope_from_rope_parameters
 
     def loaded(**raw):
         (tmp_path / "config.json").write_text(json.dumps(raw))
@@ -73,7 +74,7 @@ def test_the_rope_theta_of_a_transformers_5_config_reaches_exllamav2(tmp_path):
 
 def _last_prompt_logits(engine, prompts):
     """Next-token logits after each prompt: from one left-padded batch, and from each prompt alone."""
-    from engines.exllamav2 import _left_padded
+    from engines.exllamav2.engine import _left_padded
 
     ids, mask, offsets = _left_padded(prompts)
     engine._ensure_cache(prompts, 1)
@@ -138,8 +139,9 @@ def test_tiny_llama_is_refused_at_load_with_one_line(cache_dir):
 
 @pytest.mark.gpu
 def test_smollm2_gptq_greedy_agrees_with_hf_on_the_same_weights(smollm2_rtn, tokenizer):
-    from engines.hf import HFEngine
-    from runner.config import DType, HFEngineConfig
+    from engines.base import DType
+    from engines.hf import HFEngineConfig
+    from engines.hf.engine import HFEngine
 
     packed_dir, reference_dir = smollm2_rtn
     prompts = [tokenizer("The capital of France is")["input_ids"], chat_ids(tokenizer, "Name a colour."),

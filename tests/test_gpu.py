@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from engines import get_engine_class
-from engines.base import SamplingSpec
-from runner.config import (BnbQuantization, CT2ComputeType, CTranslate2EngineConfig, DType, HFEngineConfig,
-                           LlamaCppEngineConfig)
+from engines.base import DType, SamplingSpec
+from engines.ctranslate2 import CT2ComputeType, CTranslate2EngineConfig
+from engines.hf import BnbQuantization, HFEngineConfig
+from engines.llamacpp import LlamaCppEngineConfig
 from runner.models import prepare
 from runner.results import load_results
 from tests.conftest import FAST, chat_ids, smollm2_spec

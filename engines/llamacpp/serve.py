@@ -1,8 +1,8 @@
-"""``python -m engines.llamacpp_server <llama_cpp.server arguments>``: llama-cpp-python's OpenAI-compatible
+"""``python -m engines.llamacpp.serve <llama_cpp.server arguments>``: llama-cpp-python's OpenAI-compatible
 server, with llama.cpp's extra CPU buffer types set as the offline engine sets them.
 
 The server has no flag for ``llama_model_params.use_extra_bufts``, and on a CPU with AMX its default (on)
-segfaults at the first request (engines/llamacpp.py: use_extra_buffers). LLM_BENCH_LLAMACPP_EXTRA_BUFFERS
+segfaults at the first request (engines/llamacpp/engine.py: use_extra_buffers). LLM_BENCH_LLAMACPP_EXTRA_BUFFERS
 ("1" / "0", set by the serving backend) replaces the default parameters the server's Llama class asks for.
 """
 

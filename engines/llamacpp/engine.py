@@ -16,10 +16,9 @@ from typing import Optional
 import numpy as np
 import psutil
 
-from engines import LLAMA_CPP, require
-from engines.base import Engine, Generation, SamplingSpec, now
-from runner.config import ConfigError
-from runner.models import gguf_ftype
+from engines.base import ConfigError, Engine, Generation, SamplingSpec, now, require
+from engines.llamacpp import LLAMA_CPP
+from engines.llamacpp.convert import gguf_ftype
 
 SCORE_CHUNK = 512  # positions scored per llama_decode: all their logits are held at once (n_vocab floats each)
 CTX_ROUND = 256  # llama.cpp pads the context to 256 cells anyway; rounding up avoids re-creating it often
@@ -41,11 +40,7 @@ class LlamaCppEngine(Engine):
 
     def load(self, model_path: str) -> None:
         cfg = self.config
-        for key in ("n_batch", "n_threads"):
-            if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
-                raise ConfigError(f"engine.{key}={getattr(cfg, key)}: must be >= 1 (or null for the default)")
-        if cfg.n_ctx is not None and cfg.n_ctx < 0:
-            raise ConfigError(f"engine.n_ctx={cfg.n_ctx}: must be >= 0 (0 or null: derived from the batch)")
+        cfg.validate()  # also here: the adapter can be built from a config that never went through the runner
         self.lib = lib = require(LLAMA_CPP)
         # llama_cpp routes llama.cpp's log through this logger, which prints everything by default; its
         # level map is off by one (INFO arrives as WARNING), so ERROR is what Llama(verbose=False) sets too.
@@ -55,14 +50,13 @@ class LlamaCppEngine(Engine):
         params.n_gpu_layers = cfg.n_gpu_layers
         params.use_extra_bufts = use_extra_buffers(cfg)
         self._ctx_kwargs = self._apply_kwargs(params, lib.llama_context_default_params())
-        path = _gguf_file(model_path)
+        path = gguf_file(model_path)
         self.model = lib.llama_model_load_from_file(str(path).encode(), params)
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {path}")
         vocab = lib.llama_model_get_vocab(self.model)
         self.n_vocab = lib.llama_vocab_n_tokens(vocab)
-        # Every end-of-generation token (SmolLM2: <|endoftext|>, <|im_end|>, ...), not only the vocab's EOS.
-        self.eog = np.array([t for t in range(self.n_vocab) if lib.llama_vocab_is_eog(vocab, t)], dtype=np.int64)
+        self.eog = np.array(end_of_generation_ids(lib, vocab), dtype=np.int64)
         self.eog_set = frozenset(self.eog.tolist())
         self.ctx, self.batch = None, None
         self.ctx_seqs = self.ctx_cells_per_seq = 0
@@ -106,7 +100,7 @@ class LlamaCppEngine(Engine):
         if cfg.n_batch:
             params.n_batch = cfg.n_batch
             params.n_ubatch = min(params.n_ubatch, cfg.n_batch)
-        params.n_threads = params.n_threads_batch = cfg.n_threads or _physical_cores()
+        params.n_threads = params.n_threads_batch = cfg.n_threads or physical_cores()
         # Explicit either way: llama.cpp's default "auto" decides per machine, off the record.
         params.flash_attn_type = (lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if cfg.flash_attn
                                   else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED)
@@ -234,6 +228,11 @@ def _log_softmax_at(logits: np.ndarray, targets: list[int]) -> list[float]:
     return (rows[np.arange(len(targets)), targets] - log_norm).tolist()
 
 
+def end_of_generation_ids(lib, vocab) -> list[int]:
+    """Every end-of-generation token (SmolLM2: <|endoftext|>, <|im_end|>, ...), not only the vocab's EOS."""
+    return [t for t in range(lib.llama_vocab_n_tokens(vocab)) if lib.llama_vocab_is_eog(vocab, t)]
+
+
 def use_extra_buffers(config) -> bool:
     """llama.cpp's extra CPU buffer types (AMX tiles, repacked weights): engine.extra_buffers, or by default
     on except on a CPU with AMX, where llama.cpp's AMX matmul segfaults at the first decode (llama.cpp issue
@@ -248,14 +247,14 @@ def use_extra_buffers(config) -> bool:
     return "amx_int8" not in flags
 
 
-def _physical_cores() -> int:
+def physical_cores() -> int:
     """llama.cpp's tools default to the physical cores; its library default (4) oversubscribes small
     machines: on 2 cores, 4 threads decoded SmolLM2 at 37 tok/s where 2 threads gave 123."""
     usable = len(os.sched_getaffinity(0))
     return min(usable, psutil.cpu_count(logical=False) or usable)
 
 
-def _gguf_file(model_path: str) -> Path:
+def gguf_file(model_path: str) -> Path:
     """The GGUF file itself; a converted cache entry is a directory holding exactly one."""
     path = Path(model_path)
     if path.is_file():

@@ -8,10 +8,13 @@ from typing import Optional
 
 import torch
 from transformers import AutoModelForCausalLM
-from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.stopping_criteria import (
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
-from engines import BITSANDBYTES, require
-from engines.base import Engine, Generation, Requirement, SamplingSpec, now
+from engines.base import Engine, Generation, Requirement, SamplingSpec, now, require
+from engines.hf import BITSANDBYTES
 
 
 class _StepClock(StoppingCriteria):

@@ -13,9 +13,8 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from engines import CTRANSLATE2, require
-from engines.base import Engine, Generation, SamplingSpec, now
-from runner.config import ConfigError
+from engines.base import ConfigError, Engine, Generation, SamplingSpec, now, require
+from engines.ctranslate2 import CTRANSLATE2
 
 # What compute_type=auto picks, by device, as CTranslate2's resolve_compute_type (src/types.cc) does.
 # We resolve it ourselves because the choice also picks the stored weights, before anything is loaded.
@@ -25,10 +24,7 @@ AUTO_ORDER = {"cuda": ["int8_float16", "int8_float32", "float16", "float32"],
 
 def _resolve(config) -> tuple[str, str]:
     """The device and the concrete compute type this config runs with. Raises ConfigError."""
-    if config.inter_threads < 1:
-        raise ConfigError(f"engine.inter_threads={config.inter_threads}: must be >= 1")
-    if config.intra_threads < 0:
-        raise ConfigError(f"engine.intra_threads={config.intra_threads}: must be >= 0 (0: CTranslate2's default)")
+    config.validate()
     ct2 = require(CTRANSLATE2)
     device = config.device.value
     if device == "auto":

@@ -16,8 +16,16 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from engines import VLLM, require
-from engines.base import Engine, Generation, SamplingSpec, now, safetensors_bytes
+from engines.base import (
+    Engine,
+    Generation,
+    SamplingSpec,
+    now,
+    require,
+    safetensors_bytes,
+    value_of,
+)
+from engines.vllm import VLLM
 
 MIB = 2**20
 GPTQ_VARIANT = "gptq-w4g128"  # 4-bit, group size 128, symmetric, desc_act=False (runner/gptq.py makes it)
@@ -39,7 +47,7 @@ class VLLMEngine(Engine):
 
     @classmethod
     def model_variant(cls, config: Any) -> Optional[str]:
-        return GPTQ_VARIANT if _value(config.quantization) == "gptq" else None
+        return GPTQ_VARIANT if value_of(config.quantization) == "gptq" else None
 
     def load(self, model_path: str) -> None:
         vllm = require(VLLM)
@@ -64,9 +72,9 @@ class VLLMEngine(Engine):
 
     def _llm_kwargs(self, model_path: str) -> dict[str, Any]:
         cfg = self.config
-        quantization = _value(cfg.quantization)
+        quantization = value_of(cfg.quantization)
         kwargs: dict[str, Any] = {
-            "dtype": _value(cfg.dtype),
+            "dtype": value_of(cfg.dtype),
             "gpu_memory_utilization": cfg.gpu_memory_utilization,
             "max_model_len": cfg.max_model_len,
             "max_num_seqs": cfg.max_num_seqs,
@@ -192,10 +200,6 @@ class VLLMEngine(Engine):
         for proc in alive:  # only ours, by pid: shutdown did not end them in time
             proc.kill()
         psutil.wait_procs(alive, timeout=5)
-
-
-def _value(option: Any) -> Any:
-    return getattr(option, "value", option)
 
 
 def _kv_block_bytes(vcfg: Any, kv_dtype: str) -> Optional[int]:

@@ -22,8 +22,15 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from engines import EXLLAMAV2, require
-from engines.base import Engine, Generation, SamplingSpec, now, safetensors_bytes
+from engines.base import (
+    Engine,
+    Generation,
+    SamplingSpec,
+    now,
+    require,
+    safetensors_bytes,
+)
+from engines.exllamav2 import EXLLAMAV2
 
 MIB = 2**20
 GPTQ_VARIANT = "gptq-w4g128"
