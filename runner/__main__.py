@@ -39,7 +39,8 @@ def _refuse(exc: Exception) -> None:
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     # Imported here so `--help` and config errors stay fast.
-    from runner.run import completed_record, execute, plan
+    from runner.plan import plan
+    from runner.run import completed_record, execute
     from runner.summary import print_summary
 
     hydra_cfg = HydraConfig.get()
@@ -110,7 +111,7 @@ def _check_sweep(argv: list[str]) -> None:
             from runner.devices import check_parallel
 
             check_parallel(compose("config", overrides=launcher, return_hydra_config=True).hydra.launcher)
-        from runner.run import check_requirements
+        from runner.plan import check_requirements
 
         for point in points:
             bench = to_bench_config(compose("config", overrides=point))

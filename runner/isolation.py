@@ -34,36 +34,6 @@ _SPAWN = mp.get_context("spawn")
 
 
 # ---------------------------------------------------------------- child side
-class KeptEngine:
-    """An engine kept loaded between the points of a worker: load() of the same path and close() are no-ops."""
-
-    def __init__(self, engine: Any):
-        self._engine = engine
-        self.loaded_path: Optional[str] = None
-        self.warm = False  # an earlier point ran this engine (runner.measure shortens its warm-up)
-        self._logprobs: dict[tuple, list[list[float]]] = {}
-
-    def load(self, model_path: str) -> None:
-        if self.loaded_path != model_path:
-            self._engine.load(model_path)
-            self.loaded_path = model_path
-            self._logprobs.clear()
-            self.warm = False
-
-    def close(self) -> None:  # the worker closes the real engine when it ends
-        pass
-
-    def prompt_logprobs(self, prompts: list[list[int]]) -> list[list[float]]:
-        """The same model scores the same prompts the same way at every point: score them once per worker."""
-        key = tuple(map(tuple, prompts))
-        if key not in self._logprobs:
-            self._logprobs[key] = self._engine.prompt_logprobs(prompts)
-        return self._logprobs[key]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
-
 def _child_setup() -> None:
     """Own process group (a timeout kills the whole tree), and a parent death ends us (no orphans)."""
     os.setpgrp()
@@ -85,9 +55,10 @@ def _serve(conn: Connection, keep_engine: bool, preload: tuple[str, ...] = ()) -
             importlib.import_module(module)
         except ImportError:
             pass  # the job itself reports a missing package, with the pip command that fixes it
-    from runner.run import run_point
+    from runner.point import run_point
+    from runner.session import EngineSession
 
-    kept: Optional[KeptEngine] = None
+    kept: Optional[EngineSession] = None
     points_served = 0
     try:
         while True:
@@ -97,8 +68,8 @@ def _serve(conn: Connection, keep_engine: bool, preload: tuple[str, ...] = ()) -
             cfg, work, run_dir, overrides = job
             try:
                 if keep_engine and kept is None:
-                    kept = KeptEngine(work.engine_cls(cfg.engine))
-                record = run_point(cfg, work, run_dir, overrides, engine=kept)
+                    kept = EngineSession(work.engine_cls(cfg.engine))
+                record = run_point(cfg, work, run_dir, overrides, session=kept)
                 if kept is not None:
                     kept.warm = record.get("status") == "ok"
                 record["engine_reused"] = points_served > 0  # load_s ~0: the model was already loaded
@@ -111,7 +82,7 @@ def _serve(conn: Connection, keep_engine: bool, preload: tuple[str, ...] = ()) -
                 break  # an engine that failed may be in any state: the next point gets a fresh worker
     finally:
         if kept is not None:
-            kept._engine.close()
+            kept.close()
 
 
 # ---------------------------------------------------------------- parent side

@@ -37,7 +37,8 @@ from runner.stats import relative_half_width
 
 if TYPE_CHECKING:
     from runner.config import BenchConfig
-    from runner.run import Workload
+    from runner.plan import Workload
+    from runner.session import EngineSession
 
 
 def chunk(prompts: list[list[int]], batch_size: int) -> list[list[list[int]]]:
@@ -143,21 +144,23 @@ def measure_repeated(engine: Engine, batches: list[list[list[int]]], sampling: S
             return batch_samples, request_samples, "max_repetitions"
 
 
-def _warmup_sampling(cfg: "BenchConfig", sampling: SamplingSpec, engine: Engine) -> SamplingSpec:
+def _warmup_sampling(cfg: "BenchConfig", sampling: SamplingSpec, engine: Engine, warm: bool) -> SamplingSpec:
     """Full length, except for an engine a worker already ran (isolation=worker, measure.reused_warmup_tokens):
     then a few tokens give the new batch shape its first prefill and decode calls, at a fraction of the cost.
     Not for shape-specialized engines: a static cache sized for a few tokens would be outgrown while timing."""
     short = cfg.measure.reused_warmup_tokens
-    if getattr(engine, "warm", False) and short is not None and short < sampling.max_new_tokens \
+    if warm and short is not None and short < sampling.max_new_tokens \
             and not engine.shape_specialized:
         return replace(sampling, max_new_tokens=short)
     return sampling
 
 
-def measure_run(cfg: "BenchConfig", work: "Workload", engine: Engine, model_path: str) -> dict[str, Any]:
-    """Load the model, warm up, time every batch; the measured fields of the record."""
+def measure_run(cfg: "BenchConfig", work: "Workload", session: "EngineSession", model_path: str) -> dict[str, Any]:
+    """Load the model, warm up, time every batch; the measured fields of the record. ``session.warm`` (an earlier
+    point ran this engine) keeps the allocator's cache and allows a short warm-up (_warmup_sampling)."""
+    engine, warm = session.engine, session.warm
     host, sampler, energy = HostPeak(), MemorySampler(cfg.measure.memory_sample_hz), EnergyMeter()
-    if not getattr(engine, "warm", False):
+    if not warm:
         # A fresh engine: an honest NVML baseline. Not for one a worker keeps: its allocator would have to
         # grow again inside the timed region after a short warm-up (eager HF: 0.69x of its own loop on an H200)
         release_cached_device_memory()
@@ -165,11 +168,11 @@ def measure_run(cfg: "BenchConfig", work: "Workload", engine: Engine, model_path
     sampler.start()
     try:
         start = now()
-        engine.load(model_path)
+        session.load(model_path)
         engine.synchronize()
         load_s = now() - start
         batches = chunk(work.prompts, cfg.batch_size)
-        warmup_sampling = _warmup_sampling(cfg, work.sampling, engine)
+        warmup_sampling = _warmup_sampling(cfg, work.sampling, engine, warm)
         warmup = warmup_batches(batches, cfg.measure.warmup_batches, engine.shape_specialized)
         compiled_before_warmup = compilation.snapshot()
         warmup_start = now()
@@ -214,7 +217,7 @@ def measure_run(cfg: "BenchConfig", work: "Workload", engine: Engine, model_path
         "batch_samples": [asdict(b) for b in batch_samples],
         "request_samples": [asdict(r) for r in request_samples],
     }
-    record.update(perplexity_fields(engine, work.prompts, cfg.measure.perplexity_prompts))
+    record.update(perplexity_fields(session, work.prompts, cfg.measure.perplexity_prompts))
     record.update(_roofline(cfg, engine, model_path, weights, record))
     return record
 

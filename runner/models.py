@@ -69,7 +69,7 @@ def prepare(model: ModelConfig, model_format: str, cache_dir: Optional[str],
     ``variant`` names a flavour of the format that changes the stored weights (a quantization type,
     e.g. "q8_0" for GGUF); each variant is its own cache entry ``<format>-<variant>``.
     """
-    if model_format == "hf" and variant:  # GPTQ: the entry name also says how it was made (runner/gptq.py)
+    if model_format == "hf" and variant:  # GPTQ: the entry name also says how it was made (runner/gptq/)
         from runner.gptq import cache_variant, prequantized
 
         if model.hf and is_local_path(model.hf) and prequantized(model.hf):  # already GPTQ/EXL2: as it is
@@ -93,7 +93,7 @@ def prepare(model: ModelConfig, model_format: str, cache_dir: Optional[str],
 def preparation_requirements(model: ModelConfig, model_format: str, cache_dir: Optional[str],
                              variant: Optional[str]) -> tuple[Requirement, ...]:
     """Optional packages that making this format needs, when the cache does not hold it yet: GPTQ of real
-    weights needs gptqmodel (random weights are packed by runner/gptq.py itself). The other conversions
+    weights needs gptqmodel (random weights are packed by runner/gptq/ itself). The other conversions
     need the engine's own package, which the engine requires anyway."""
     if model_format != "hf" or not variant or model.random:
         return ()
@@ -129,7 +129,7 @@ def _source_key(model: ModelConfig) -> str:
 
 def _to_hf(model: ModelConfig, out: Path, cache_dir: Optional[str], variant: Optional[str]) -> None:
     """A random-weights model of a preset's shapes (``model.random``), else the GGUF dequantized;
-    with a variant, a GPTQ checkpoint made from that HF model (runner/gptq.py)."""
+    with a variant, a GPTQ checkpoint made from that HF model (runner/gptq/)."""
     if variant:
         return _hf_to_gptq(model, out, cache_dir, variant)
     if model.random:
@@ -159,7 +159,7 @@ def _gguf_to_hf(model: ModelConfig, out: Path, cache_dir: Optional[str], variant
 
 
 def _hf_to_gptq(model: ModelConfig, out: Path, cache_dir: Optional[str], variant: str) -> None:
-    """GPTQ of the HF weights: round-to-nearest packing for random weights, else gptqmodel (runner/gptq.py)."""
+    """GPTQ of the HF weights: round-to-nearest packing for random weights, else gptqmodel (runner/gptq/)."""
     from runner import gptq
 
     spec = gptq.parse_variant(variant.split("-sym-")[0])

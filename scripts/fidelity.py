@@ -69,38 +69,39 @@ def compare(label: str, batch_sizes: list[int], batches: int, rounds: int, overr
     sizes: a vLLM start costs minutes); a row of both sides' tok/s per round for each batch size."""
     import bare_loops
 
-    from runner.isolation import KeptEngine
     from runner.measure import chunk
-    from runner.run import plan, run_point
+    from runner.plan import plan
+    from runner.point import run_point
+    from runner.session import EngineSession
 
-    engine, rows = None, []
+    session, rows = None, []
     try:
         for batch_size in batch_sizes:
             cfg = compose([*DEFAULTS, *CONFIGS[label], f"batch_size={batch_size}",
                            f"dataset.limit={batch_size * batches}", *overrides])
             work = plan(cfg)
-            engine = engine or KeptEngine(work.engine_cls(cfg.engine))
+            session = session or EngineSession(work.engine_cls(cfg.engine))
             bare = bare_loops.LOOPS[cfg.engine.name]
             prompts = chunk(work.prompts, batch_size)
             runner_tok_s, bare_tok_s = [], []
             for r in range(rounds):
                 for side in ("runner", "bare") if r % 2 == 0 else ("bare", "runner"):  # ABBA: drift hits both
                     if side == "runner":
-                        record = run_point(cfg, work, workdir / f"{label}-bs{batch_size}-{r}", [], engine=engine)
+                        record = run_point(cfg, work, workdir / f"{label}-bs{batch_size}-{r}", [], session=session)
                         if record["status"] != "ok":
                             raise RuntimeError(f"{label}: runner run failed: {record['error']}")
                         runner_tok_s.append(record["output_tok_s"])
-                        engine.warm = True
+                        session.warm = True
                     else:
                         if r == 0:
-                            bare(engine._engine, prompts[:1], cfg.generation.max_new_tokens)  # its own warm-up
-                        tokens, seconds = bare(engine._engine, prompts, cfg.generation.max_new_tokens)
+                            bare(session.engine, prompts[:1], cfg.generation.max_new_tokens)  # its own warm-up
+                        tokens, seconds = bare(session.engine, prompts, cfg.generation.max_new_tokens)
                         bare_tok_s.append(tokens / seconds)
             rows.append(_row(label, batch_size, runner_tok_s, bare_tok_s))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     finally:
-        if engine is not None:
-            engine._engine.close()
+        if session is not None:
+            session.close()
     return rows
 
 

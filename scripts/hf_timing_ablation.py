@@ -70,7 +70,7 @@ def main() -> None:
     from runner.measure import chunk
     from runner.memory import MemorySampler
     from runner.models import prepare
-    from runner.run import plan
+    from runner.plan import plan
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-sizes", default="1")

@@ -81,8 +81,7 @@ def test_bitsandbytes_quantization_shrinks_the_weights(smollm2_hf, engine, token
 
 
 def test_a_missing_engine_package_names_the_install_command():
-    from engines import MissingEnginePackage, require
-    from engines.base import Requirement
+    from engines.base import MissingEnginePackage, Requirement, require
 
     with pytest.raises(MissingEnginePackage, match=r"'no_such_engine_package' package is missing: pip install -e '\.\[nope\]'"):
         require(Requirement("no_such_engine_package", "pip install -e '.[nope]'"))

@@ -1,6 +1,6 @@
 """ExLlamaV2 0.3.2 on GPTQ 4-bit weights (CUDA only), decoded step by step so every token gets a timestamp.
 
-The runner prepares the model as the ``gptq-w4g128`` variant (runner/gptq.py); a ``model.hf`` that is
+The runner prepares the model as the ``gptq-w4g128`` variant (runner/gptq/); a ``model.hf`` that is
 already an EXL2 or GPTQ directory (config.json ``quantization_config``, or EXL2's ``quantization_config``
 block) is loaded as it is. Token ids go in on the CPU (ExLlamaV2 keeps the embedding there).
 

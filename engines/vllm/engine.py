@@ -28,7 +28,7 @@ from engines.base import (
 from engines.vllm import VLLM
 
 MIB = 2**20
-GPTQ_VARIANT = "gptq-w4g128"  # 4-bit, group size 128, symmetric, desc_act=False (runner/gptq.py makes it)
+GPTQ_VARIANT = "gptq-w4g128"  # 4-bit, group size 128, symmetric, desc_act=False (runner/gptq/ makes it)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1}
 

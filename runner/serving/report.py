@@ -63,7 +63,7 @@ def _model(row: pd.Series) -> str:
 def _engine(row: pd.Series) -> str:
     if row.get("server_backend") == "openai":  # attach mode: the engine group is not what served
         return f"attached {row.get('server_url')}"
-    from runner.report import configuration
+    from runner.results import configuration
 
     return configuration(row)
 

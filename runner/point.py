@@ -1,0 +1,54 @@
+"""One offline point in whatever process calls it: prepare the model, load the engine, measure."""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+from typing import Any, Optional
+
+from runner.config import BenchConfig
+from runner.environment import environment
+from runner.measure import measure_run
+from runner.models import prepare
+from runner.plan import Workload
+from runner.quality import agreement_fields, wanted_reference
+from runner.session import EngineSession
+
+
+def _failure_status(exc: BaseException) -> str:
+    text = str(exc).lower()
+    if isinstance(exc, MemoryError) or "out of memory" in text or "outofmemory" in type(exc).__name__.lower():
+        return "oom"
+    return "error"
+
+
+def run_point(cfg: BenchConfig, work: Workload, run_dir: Path, overrides: list[str],
+              session: Optional[EngineSession] = None) -> dict[str, Any]:
+    """One offline run, in whatever process calls it; returns its outcome (status, error, the measured fields), which
+    runner.run.execute merges into the point's one record. Never raises.
+
+    ``session``: the engine a worker keeps loaded between points (runner/isolation.py); None: a new one,
+    closed at the end.
+    """
+    record: dict[str, Any] = {"status": "running", "error": None}
+    own_session = session is None
+    try:
+        prepared = prepare(cfg.model, work.engine_cls.model_format, cfg.cache_dir, work.model_variant)
+        record.update(model_path=prepared.path, model_prepare_s=prepared.prepare_s,
+                      model_cache_hit=prepared.cache_hit)
+        reference = wanted_reference(cfg, work.prompts, work.sampling)  # cached; before any timing
+        if session is None:
+            session = EngineSession(work.engine_cls(cfg.engine))
+        record.update(measure_run(cfg, work, session, prepared.path))
+        heads = [r["output_head"] for r in record["request_samples"]]
+        record.update(agreement_fields(work.sampling, reference, heads))
+        record["status"] = "ok"
+    except Exception as exc:  # the run failed: keep it as a row with its error
+        record["status"] = _failure_status(exc)
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        record["traceback"] = traceback.format_exc()
+    finally:
+        if own_session and session is not None:
+            session.close()
+    record.update(environment(work.engine_cls.packages))
+    return record
