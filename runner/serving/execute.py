@@ -8,16 +8,13 @@ as one DataFrame. A launched server is always stopped, whatever happens.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import math
 import traceback
-import uuid
 from pathlib import Path
 from typing import Any
 
 from runner.config import BenchConfig
 from runner.environment import environment
-from runner.records import RECORD_NAME, flatten, write_json_atomic
 from runner.serving.auth import Auth
 from runner.serving.client import request_body, run_load, send_times_s, target_rates_rps
 from runner.serving.metrics import offered_rate_rps, request_samples, summarize_serving
@@ -27,23 +24,15 @@ from runner.serving.server import ServerProcess, free_loopback_port, models_read
 SERVER_LOG = "server.log"
 
 
-def _json_safe_config(cfg: BenchConfig) -> dict[str, Any]:
-    flat = flatten(cfg)
-    # JSON has no infinity: an unbounded rate is written "inf" (pandas keeps the sweep's column as objects).
-    return {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in flat.items()}
-
-
-def execute(cfg: BenchConfig, work: ServingWorkload, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+def execute(cfg: BenchConfig, work: ServingWorkload, run_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """One serving run; fills ``record`` (the point's head, from runner.run) and returns it. runner.run writes it."""
     backend = work.backend
-    record: dict[str, Any] = {
-        "run_id": uuid.uuid4().hex[:12], "status": "running", "error": None,
-        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(), "run_dir": str(run_dir),
-        "overrides": " ".join(overrides), **_json_safe_config(cfg),
+    record.update({
         "model_format": backend.model_format, "engine_streams_tokens": True, "server_backend": backend.name,
         # offline-only figures, present so readers of either kind of record find the same columns
         "batches": None, "batch_latency_ms_p50": None, "batch_latency_ms_p90": None, "batch_latency_ms_p99": None,
         "load_s": None, "host_peak_rss_mib": None, "host_peak_rss_method": "server process tree RSS (psutil)",
-    }
+    })
     # Launch mode sends the key too when the variable is set: the runner's own server is started without
     # one (harmless, loopback only), and a server told to check one (server.extra_args, vLLM's
     # VLLM_API_KEY) then works with server.api_key_env naming that variable. One rule for both modes.
@@ -108,7 +97,6 @@ def _finish(record, server, backend, run_dir: Path, auth: Auth) -> None:
     record.update(environment(backend.packages))
     # Our own texts never hold the key; a server's error body or a library's message might echo it.
     record.update(auth.scrub(record))
-    write_json_atomic(run_dir / RECORD_NAME, record)
 
 
 def _start_or_attach(cfg: BenchConfig, work: ServingWorkload, run_dir: Path, record: dict[str, Any],
