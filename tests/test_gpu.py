@@ -10,7 +10,7 @@ from runner.config import (BnbQuantization, CT2ComputeType, CTranslate2EngineCon
                            LlamaCppEngineConfig)
 from runner.models import prepare
 from runner.results import load_results
-from tests.conftest import FAST, chat_ids, smollm2_spec
+from tests.helpers import FAST, chat_ids, smollm2_spec
 
 pytestmark = pytest.mark.gpu
 
