@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from runner.results import load_results
-from tests.conftest import FAST
+from tests.helpers import FAST, IN_PROCESS
 
 
 def _outputs(tmp_path):
     return sorted(p.relative_to(tmp_path) for p in (tmp_path / "outputs").rglob("*")) if (tmp_path / "outputs").exists() else []
 
 
+@pytest.mark.slow
 def test_default_benchmark_runs_end_to_end(run_cli, tmp_path):
     proc = run_cli()
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -43,8 +44,9 @@ def test_default_benchmark_runs_end_to_end(run_cli, tmp_path):
     assert f"record: {run_dir / 'record.json'}" in proc.stdout.splitlines()
 
 
+@pytest.mark.slow
 def test_multirun_gives_one_row_per_point(run_cli, tmp_path):
-    proc = run_cli("-m", "batch_size=1,2,4", *FAST)
+    proc = run_cli("-m", "batch_size=1,2,4", IN_PROCESS, *FAST)
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = load_results(str(tmp_path / "outputs" / "multirun" / "*" / "*"))
     assert sorted(df.batch_size) == [1, 2, 4]
@@ -56,9 +58,10 @@ def test_multirun_gives_one_row_per_point(run_cli, tmp_path):
     assert table.shape == (3, 1) and table.notna().all().all()
 
 
+@pytest.mark.slow
 def test_eos_allowed_counts_only_tokens_really_generated(run_cli, tmp_path):
     proc = run_cli("generation.ignore_eos=false", "generation.max_new_tokens=200", "dataset.limit=3",
-                   "dataset.max_prompt_tokens=64", "batch_size=3")
+                   "dataset.max_prompt_tokens=64", "batch_size=3", IN_PROCESS)
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = load_results(tmp_path / "outputs").iloc[0]
     counts = [r["output_tokens"] for r in row.request_samples]
@@ -67,6 +70,7 @@ def test_eos_allowed_counts_only_tokens_really_generated(run_cli, tmp_path):
     assert min(counts) < 200  # at least one answer ended with EOS before the limit and was not padded out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -94,6 +98,7 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(run_cli, tmp_path, args,
     assert _outputs(tmp_path) == []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA to make the load fail")
 def test_a_failing_run_becomes_a_row_with_its_error(run_cli, tmp_path):
     proc = run_cli("engine.device=cuda", *FAST)  # this CPU machine has no CUDA: the load fails
@@ -104,11 +109,12 @@ def test_a_failing_run_becomes_a_row_with_its_error(run_cli, tmp_path):
     assert record["engine_device"] == "cuda" and record["env_python"]
 
 
+@pytest.mark.slow
 def test_multirun_across_engines_compares_in_pandas(run_cli, tmp_path):
     """The same prompts through HF, llama.cpp and CTranslate2 in one sweep (issue 4's CI grid)."""
     pytest.importorskip("llama_cpp")
     pytest.importorskip("ctranslate2")
-    proc = run_cli("-m", "engine=hf,llamacpp,ctranslate2", "batch_size=1,4", *FAST)
+    proc = run_cli("-m", "engine=hf,llamacpp,ctranslate2", "batch_size=1,4", IN_PROCESS, *FAST)
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = load_results(tmp_path / "outputs")
     assert len(df) == 6 and (df.status == "ok").all()
@@ -124,9 +130,10 @@ def test_multirun_across_engines_compares_in_pandas(run_cli, tmp_path):
     assert df.loc[df.engine_name == "llamacpp", "batching"].eq("batched").all()
 
 
+@pytest.mark.slow
 def test_bitsandbytes_composes_from_the_command_line(run_cli, tmp_path):
     pytest.importorskip("bitsandbytes")  # the optional [bnb] extra
-    proc = run_cli("engine=hf", "engine.quantization=nf4", *FAST)
+    proc = run_cli("engine=hf", "engine.quantization=nf4", IN_PROCESS, *FAST)
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = load_results(tmp_path / "outputs").iloc[0]
     assert (row.status, row.engine_quantization, row.quantization) == ("ok", "nf4", "nf4")
@@ -146,6 +153,7 @@ _HIDE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, hidden, message", [
     (["engine=llamacpp", "batch_size=4"], "llama_cpp",
      "error: engine=llamacpp needs the 'llama_cpp' package, which is not installed: pip install -e '.[llamacpp]'"),
@@ -178,9 +186,10 @@ def test_missing_engine_package_is_refused_before_anything_runs(run_cli, tmp_pat
     assert _outputs(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_batch_size_above_the_slice_records_the_batch_really_run(run_cli, tmp_path):
     proc = run_cli("batch_size=16", "dataset.limit=2", "dataset.max_prompt_tokens=64", "generation.max_new_tokens=4",
-                   "measure.perplexity_prompts=0", "measure.agreement_prompts=0")
+                   "measure.perplexity_prompts=0", "measure.agreement_prompts=0", IN_PROCESS)
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = load_results(tmp_path / "outputs").iloc[0]
     assert (row.batch_size, row.batch_size_requested, row.batches) == (2, 16, 1)
@@ -189,6 +198,7 @@ def test_batch_size_above_the_slice_records_the_batch_really_run(run_cli, tmp_pa
     assert row.ttft_ms_mean_ci_low is None or row.ttft_ms_mean_ci_low != row.ttft_ms_mean_ci_low  # None/NaN
 
 
+@pytest.mark.slow
 def test_help_lists_the_groups_and_each_engines_install_command(run_cli):
     proc = run_cli("--help")
     assert proc.returncode == 0

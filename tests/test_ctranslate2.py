@@ -6,16 +6,15 @@ import json
 
 import pytest
 
-from engines.base import Device, DType, SamplingSpec
-from engines.ctranslate2 import CT2ComputeType, CTranslate2EngineConfig
+from engines.base import SamplingSpec
 from engines.ctranslate2.engine import CTranslate2Engine
-from engines.hf import HFEngineConfig
-from engines.hf.engine import HFEngine
 from runner.config import ConfigError
+from engines.base import Device
+from engines.ctranslate2 import CT2ComputeType, CTranslate2EngineConfig
 from runner.models import prepare
-from tests.conftest import FAST, chat_ids, smollm2_spec
+from tests.helpers import FAST, IN_PROCESS, chat_ids, skip_module_without, smollm2_spec
 
-pytest.importorskip("ctranslate2")  # the optional [ctranslate2] extra
+skip_module_without("ctranslate2", "[ctranslate2]")
 
 SMOLLM2 = smollm2_spec()
 EOS = 2  # <|im_end|>, SmolLM2-Instruct's eos_token_id
@@ -29,10 +28,9 @@ def _engine(compute_type: str, cache_dir: str) -> CTranslate2Engine:
 
 
 @pytest.fixture(scope="module")
-def fp32(smollm2_hf, cache_dir):
-    engine = _engine("float32", cache_dir)
-    yield engine
-    engine.close()
+def fp32(ct2_fp32):
+    """float32, loaded once per session (conftest: test_perplexity scores with it too)."""
+    return ct2_fp32
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +45,7 @@ def _prompts(tokenizer) -> list[list[int]]:
             tokenizer("Once upon a time, in a small village by the sea, there lived an old fisherman who")["input_ids"]]
 
 
+@pytest.mark.slow
 def test_resolved_device_compute_type_and_weights(fp32, int8):
     assert fp32.resolved == {"device": "cpu", "dtype": "float32"}
     assert int8.resolved == {"device": "cpu", "dtype": "int8_float32"}
@@ -55,6 +54,7 @@ def test_resolved_device_compute_type_and_weights(fp32, int8):
     assert 130e6 < int8.weights_bytes() < 145e6
 
 
+@pytest.mark.slow
 def test_forced_length_counts_exactly_the_requested_tokens(fp32, tokenizer):
     gens = fp32.generate(_prompts(tokenizer), SamplingSpec(12, ignore_eos=True, temperature=0.0))
     for gen in gens:
@@ -64,6 +64,7 @@ def test_forced_length_counts_exactly_the_requested_tokens(fp32, tokenizer):
         assert EOS not in gen.token_ids  # EOS suppressed, not merely counted
 
 
+@pytest.mark.slow
 def test_eos_allowed_stops_each_sequence_at_its_own_eos(fp32, tokenizer):
     short = chat_ids(tokenizer, "Reply with the single word: yes")
     long = tokenizer("Write a long story about the sea. Once upon a time")["input_ids"]
@@ -74,6 +75,7 @@ def test_eos_allowed_stops_each_sequence_at_its_own_eos(fp32, tokenizer):
     assert len(running.token_ids) == len(running.token_times) == 48
 
 
+@pytest.mark.slow
 def test_one_token_prompt_in_a_batch_changes_nothing(fp32, tokenizer):
     """With a 1-token prompt CTranslate2 prefills nothing and echoes the other prompts; the engine undoes it."""
     one, longer = [504], tokenizer("The capital of France is")["input_ids"]
@@ -85,6 +87,7 @@ def test_one_token_prompt_in_a_batch_changes_nothing(fp32, tokenizer):
         assert all(len(g.token_times) == len(g.token_ids) for g in batched)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine_name", ["fp32", "int8"])
 def test_greedy_answer_is_paris(request, tokenizer, engine_name):
     engine = request.getfixturevalue(engine_name)
@@ -97,14 +100,10 @@ def _agreeing(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def test_greedy_agrees_with_hf_transformers(smollm2_hf, fp32, int8, tokenizer):
+@pytest.mark.slow
+def test_greedy_agrees_with_hf_transformers(hf_engine, fp32, int8, tokenizer):
     prompts, sampling = _prompts(tokenizer), SamplingSpec(16, ignore_eos=True, temperature=0.0)
-    hf = HFEngine(HFEngineConfig(dtype=DType.float32, device=Device.cpu))
-    hf.load(smollm2_hf)
-    try:
-        reference = [g.token_ids for g in hf.generate(prompts, sampling)]
-    finally:
-        hf.close()
+    reference = [g.token_ids for g in hf_engine.generate(prompts, sampling)]  # HF float32 on the CPU
     fp32_agree = [_agreeing(g.token_ids, ref) for g, ref in zip(fp32.generate(prompts, sampling), reference)]
     int8_agree = [_agreeing(g.token_ids, ref) for g, ref in zip(int8.generate(prompts, sampling), reference)]
     print(f"\nleading tokens agreeing with HF float32 greedy (of 16): float32 {fp32_agree}, int8 {int8_agree}")
@@ -124,8 +123,9 @@ def test_compute_type_the_device_lacks_is_a_one_line_error():
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_int8_batch_2(run_cli, tmp_path):
-    proc = run_cli("engine=ctranslate2", "engine.compute_type=int8", "batch_size=2", *FAST)
+    proc = run_cli("engine=ctranslate2", "engine.compute_type=int8", "batch_size=2", IN_PROCESS, *FAST)
     assert proc.returncode == 0, proc.stderr[-2000:]
     [path] = tmp_path.glob("outputs/runs/*/*/record.json")
     record = json.loads(path.read_text())

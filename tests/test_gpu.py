@@ -11,7 +11,7 @@ from engines.hf import BnbQuantization, HFEngineConfig
 from engines.llamacpp import LlamaCppEngineConfig
 from runner.models import prepare
 from runner.results import load_results
-from tests.conftest import FAST, chat_ids, smollm2_spec
+from tests.helpers import FAST, chat_ids, smollm2_spec
 
 pytestmark = pytest.mark.gpu
 

@@ -8,22 +8,22 @@ from engines.base import SamplingSpec
 from engines.hf import BnbQuantization, HFEngineConfig
 from engines.hf.engine import HFEngine
 from runner.results import load_results
-from tests.conftest import chat_ids
+from tests.helpers import IN_PROCESS, chat_ids
 
 
 @pytest.fixture(scope="module")
-def engine(smollm2_hf):
-    e = HFEngine(HFEngineConfig())
-    e.load(smollm2_hf)
-    yield e
-    e.close()
+def engine(hf_default_engine):
+    """HFEngineConfig() on SmolLM2, loaded once per session (conftest)."""
+    return hf_default_engine
 
 
+@pytest.mark.slow
 def test_greedy_answer_is_paris(engine, tokenizer):
     [gen] = engine.generate([tokenizer("The capital of France is")["input_ids"]], SamplingSpec(4, True, 0.0))
     assert tokenizer.decode(gen.token_ids).startswith(" Paris")
 
 
+@pytest.mark.slow
 def test_forced_length_counts_exactly_the_requested_tokens(engine, tokenizer):
     prompts = [chat_ids(tokenizer, "Say hi."), tokenizer("A much longer prompt, so the batch needs left padding: "
                                                         "one two three four five six seven")["input_ids"]]
@@ -35,6 +35,7 @@ def test_forced_length_counts_exactly_the_requested_tokens(engine, tokenizer):
     assert engine.eos_ids.isdisjoint(gens[0].token_ids)  # EOS suppressed, not merely counted
 
 
+@pytest.mark.slow
 def test_eos_allowed_stops_each_sequence_at_its_own_eos(engine, tokenizer):
     short = chat_ids(tokenizer, "Reply with the single word: yes")
     long = tokenizer("Write a long story about the sea. Once upon a time")["input_ids"]
@@ -47,6 +48,7 @@ def test_eos_allowed_stops_each_sequence_at_its_own_eos(engine, tokenizer):
     assert len(running.token_ids) == 48
 
 
+@pytest.mark.slow
 def test_greedy_batch_matches_single_prompt_output(engine, tokenizer):
     prompts = [tokenizer("The capital of France is")["input_ids"], chat_ids(tokenizer, "Name a colour.")]
     batched = engine.generate(prompts, SamplingSpec(8, True, 0.0))
@@ -54,6 +56,7 @@ def test_greedy_batch_matches_single_prompt_output(engine, tokenizer):
     assert batched[0].token_ids == alone[0].token_ids
 
 
+@pytest.mark.slow
 def test_no_kv_cache_gives_the_same_greedy_tokens(smollm2_hf, engine, tokenizer):
     prompt = [tokenizer("The capital of France is")["input_ids"]]
     no_cache = HFEngine(HFEngineConfig(use_cache=False))
@@ -65,6 +68,7 @@ def test_no_kv_cache_gives_the_same_greedy_tokens(smollm2_hf, engine, tokenizer)
         no_cache.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quantization", ["int8", "nf4"])
 def test_bitsandbytes_quantization_shrinks_the_weights(smollm2_hf, engine, tokenizer, quantization):
     pytest.importorskip("bitsandbytes")  # the optional [bnb] extra
@@ -87,12 +91,13 @@ def test_a_missing_engine_package_names_the_install_command():
         require(Requirement("no_such_engine_package", "pip install -e '.[nope]'"))
 
 
+@pytest.mark.slow
 def test_static_cache_compiled_on_the_cpu_compiles_only_in_the_warm_up(run_cli, tmp_path):
     """engine.compile on a CPU (transformers compiles only on CUDA unless told): compile time is its own field,
     spent in the warm-up, which covers the uneven last batch too; no graph is compiled while timing."""
     proc = run_cli("engine.cache_implementation=static", "engine.compile=true", "engine.compile_mode=default",
                    "dataset.limit=3", "batch_size=2", "dataset.max_prompt_tokens=64", "generation.max_new_tokens=4",
-                   "measure.perplexity_prompts=0", "measure.agreement_prompts=0", timeout=1500)
+                   "measure.perplexity_prompts=0", "measure.agreement_prompts=0", IN_PROCESS, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = load_results(tmp_path / "outputs").iloc[0]
     assert row["compiled"] and row.cache_implementation == "static"
@@ -101,6 +106,7 @@ def test_static_cache_compiled_on_the_cpu_compiles_only_in_the_warm_up(run_cli, 
     assert row.warmup_batches_run == 2 and row.output_tokens == 3 * 4
 
 
+@pytest.mark.slow
 def test_compile_needs_a_static_cache(run_cli, tmp_path):
     proc = run_cli("engine.compile=true")
     assert proc.returncode == 2

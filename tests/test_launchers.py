@@ -6,14 +6,16 @@ from __future__ import annotations
 import pytest
 
 from runner.results import load_results
-from tests.conftest import run_runner
-from tests.test_sweeps import TINY
+from tests.helpers import IN_PROCESS, TINY, run_runner
+
+pytestmark = pytest.mark.slow  # real CLI sweeps in subprocesses
 
 
 @pytest.mark.parametrize("launcher, package", [("ray_local", "ray"), ("submitit_local", "submitit")])
 def test_launcher_multirun_rows_load(tmp_path, cache_dir, launcher, package):
     pytest.importorskip(package, reason=f"pip install -e '.[{package}]'")
-    proc = run_runner(tmp_path, cache_dir, "-m", f"hydra/launcher={launcher}", "batch_size=1,2", *TINY)
+    proc = run_runner(tmp_path, cache_dir, "-m", f"hydra/launcher={launcher}", "batch_size=1,2", IN_PROCESS,
+                      *TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = load_results(str(tmp_path / "outputs" / "multirun" / "**" / "record.json"))
     assert sorted(df.batch_size) == [1, 2] and set(df.status) == {"ok"}

@@ -10,9 +10,9 @@ from engines.base import SamplingSpec
 from engines.llamacpp import LlamaCppEngineConfig
 from runner.config import ConfigError, ModelConfig
 from runner.models import gguf_path, prepare
-from tests.conftest import FAST, chat_ids, smollm2_spec
+from tests.helpers import FAST, IN_PROCESS, chat_ids, skip_module_without, smollm2_spec
 
-pytest.importorskip("llama_cpp")  # the optional [llamacpp] extra
+skip_module_without("llama_cpp", "[llamacpp]")
 
 SMOLLM2 = smollm2_spec()
 
@@ -32,6 +32,7 @@ def engine():
     e.close()
 
 
+@pytest.mark.slow
 def test_gguf_vocab_matches_the_hf_tokenizer(engine, tokenizer):
     """Token ids go in as the runner's HF tokenizer made them, so both vocabularies must agree."""
     from llama_cpp import llama_cpp as lib
@@ -44,16 +45,19 @@ def test_gguf_vocab_matches_the_hf_tokenizer(engine, tokenizer):
         assert list(ids[:n]) == tokenizer(text)["input_ids"]
 
 
+@pytest.mark.slow
 def test_resolved_and_weights(engine):
     assert engine.resolved["dtype"] == "Q4_1" and engine.resolved["batching"] == "batched"
     assert 80e6 < engine.weights_bytes() < gguf_path(SMOLLM2).stat().st_size  # tensors only, no metadata
 
 
+@pytest.mark.slow
 def test_greedy_answer_is_paris(engine, tokenizer):
     [gen] = engine.generate([tokenizer("The capital of France is")["input_ids"]], SamplingSpec(4, True, 0.0))
     assert tokenizer.decode(gen.token_ids).startswith(" Paris")
 
 
+@pytest.mark.slow
 def test_forced_length_gives_exactly_n_timed_tokens_per_sequence(engine, tokenizer):
     prompts = [chat_ids(tokenizer, "Say hi."), tokenizer("The three primary colors are")["input_ids"],
                tokenizer("A longer prompt than the others: one two three four five six seven eight")["input_ids"]]
@@ -66,6 +70,7 @@ def test_forced_length_gives_exactly_n_timed_tokens_per_sequence(engine, tokeniz
     assert all(len({g.token_times[i] for g in gens}) == 1 for i in range(1, 24))
 
 
+@pytest.mark.slow
 def test_eos_allowed_stops_each_sequence_at_its_own_eos(engine, tokenizer):
     short = chat_ids(tokenizer, "What is 2+2?")
     long = tokenizer("Write a long story about the sea. Once upon a time")["input_ids"]
@@ -77,6 +82,7 @@ def test_eos_allowed_stops_each_sequence_at_its_own_eos(engine, tokenizer):
     assert len(running.token_ids) == 48 and len(running.token_times) == 48
 
 
+@pytest.mark.slow
 def test_greedy_batch_matches_each_prompt_alone(engine, tokenizer):
     prompts = [tokenizer("The capital of France is")["input_ids"], chat_ids(tokenizer, "What is 2+2?"),
                tokenizer("def fibonacci(n):")["input_ids"]]
@@ -92,6 +98,7 @@ def test_greedy_batch_matches_each_prompt_alone(engine, tokenizer):
         assert agree >= 8, (agree, alone.token_ids, gen.token_ids)
 
 
+@pytest.mark.slow
 def test_quant_variant_is_made_once_by_llama_cpp_and_cached(tmp_path, tokenizer):
     first = prepare(SMOLLM2, "gguf", str(tmp_path), "q8_0")
     second = prepare(SMOLLM2, "gguf", str(tmp_path), "q8_0")
@@ -119,6 +126,7 @@ def test_shipped_gguf_is_used_as_is_and_unknown_quant_type_names_the_key(tmp_pat
         LlamaCppEngine.model_variant(LlamaCppEngineConfig(quant_type="Q3_Z"))
 
 
+@pytest.mark.slow
 def test_bad_engine_kwargs_and_too_small_n_ctx_name_the_key(engine):
     with pytest.raises(ConfigError, match="engine.engine_kwargs.no_such_field"):
         _load(gguf_path(SMOLLM2), engine_kwargs={"no_such_field": 1})
@@ -130,6 +138,7 @@ def test_bad_engine_kwargs_and_too_small_n_ctx_name_the_key(engine):
         small.close()
 
 
+@pytest.mark.slow
 def test_hf_only_model_is_converted_with_llama_cpps_script(smollm2_hf, cache_dir, tokenizer):
     pytest.importorskip("sentencepiece")  # convert_hf_to_gguf.py imports it; needed only for HF -> GGUF
     model = ModelConfig(name="smollm2-135m-from-hf", hf=smollm2_hf)
@@ -141,8 +150,9 @@ def test_hf_only_model_is_converted_with_llama_cpps_script(smollm2_hf, cache_dir
         converted.close()
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_batch_2(run_cli, tmp_path):
-    proc = run_cli("engine=llamacpp", "batch_size=2", *FAST)
+    proc = run_cli("engine=llamacpp", "batch_size=2", IN_PROCESS, *FAST)
     assert proc.returncode == 0, proc.stderr[-2000:]
     [path] = tmp_path.glob("outputs/runs/*/*/record.json")
     record = json.loads(path.read_text())

@@ -6,14 +6,11 @@ import math
 
 import pytest
 
-from engines.base import Device, DType, Engine
-from engines.ctranslate2 import CT2ComputeType, CTranslate2EngineConfig
-from engines.hf import HFEngineConfig
-from engines.hf.engine import HFEngine
+from engines.base import Engine
 from engines.llamacpp import LlamaCppEngineConfig
-from runner.models import gguf_path, prepare
+from runner.models import gguf_path
 from runner.perplexity import perplexity, perplexity_fields
-from tests.conftest import smollm2_spec
+from tests.helpers import smollm2_spec
 
 TEXTS = ["The capital of France is Paris. It is known for the Eiffel Tower and its museums.",
          "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n"]
@@ -46,37 +43,26 @@ def prompts(tokenizer):
 
 
 @pytest.fixture(scope="module")
-def hf_logprobs(smollm2_hf, prompts):
-    engine = HFEngine(HFEngineConfig(dtype=DType.float32, device=Device.cpu))
-    engine.load(smollm2_hf)
-    try:
-        return engine.prompt_logprobs(prompts)
-    finally:
-        engine.close()
+def hf_logprobs(hf_engine, prompts):
+    return hf_engine.prompt_logprobs(prompts)  # HF float32 on the CPU
 
 
+@pytest.mark.slow
 def test_hf_scores_tokens_one_to_n_minus_one(hf_logprobs, prompts):
     assert [len(lp) for lp in hf_logprobs] == [len(p) - 1 for p in prompts]
     assert all(lp <= 0 for row in hf_logprobs for lp in row)
     assert 1 < perplexity(hf_logprobs)[0] < 100  # a real model on plain English and code
 
 
-def test_ctranslate2_float32_matches_hf_float32(hf_logprobs, prompts, cache_dir):
-    pytest.importorskip("ctranslate2")  # the optional [ctranslate2] extra
-    from engines.ctranslate2.engine import CTranslate2Engine
-
-    config = CTranslate2EngineConfig(compute_type=CT2ComputeType.float32, device=Device.cpu)
-    engine = CTranslate2Engine(config)
-    engine.load(prepare(smollm2_spec(), "ct2", cache_dir, CTranslate2Engine.model_variant(config)).path)
-    try:
-        ct2 = engine.prompt_logprobs(prompts)
-    finally:
-        engine.close()
+@pytest.mark.slow
+def test_ctranslate2_float32_matches_hf_float32(hf_logprobs, prompts, ct2_fp32):
+    ct2 = ct2_fp32.prompt_logprobs(prompts)  # the fixture skips without the optional [ctranslate2] extra
     assert [len(lp) for lp in ct2] == [len(lp) for lp in hf_logprobs]
     # Same weights, same precision: the same figure up to float32 rounding.
     assert perplexity(ct2)[0] == pytest.approx(perplexity(hf_logprobs)[0], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_llamacpp_is_of_the_same_order_as_hf(hf_logprobs, prompts):
     pytest.importorskip("llama_cpp")  # the optional [llamacpp] extra
     from engines.llamacpp.engine import LlamaCppEngine

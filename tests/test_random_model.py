@@ -17,6 +17,7 @@ from runner.data import _sharegpt_texts
 from runner.models import prepare, tokenizer_source
 from runner.random_model import PRESETS, build_random_model, llama_config
 from runner.results import load_results
+from tests.helpers import IN_PROCESS
 
 TINY = ModelConfig(name="tiny-llama-random", random="tiny-llama")
 N = 6  # forced output length in the engine tests
@@ -60,6 +61,7 @@ def test_preset_shapes_are_llama2_7b():
         4096, 32, 32, 32, 11008, 32000, 4096, 1e-5)
 
 
+@pytest.mark.slow
 def test_builds_once_seeded_then_cache_hit(tmp_path, tiny_hf):
     first = prepare(TINY, "hf", str(tmp_path))  # a fresh cache: trains the tokenizer and builds the weights
     again = prepare(TINY, "hf", str(tmp_path))
@@ -93,6 +95,7 @@ def test_tokenizer_is_llama2_like_and_round_trips_sharegpt(tiny_tokenizer, texts
     assert AutoTokenizer.from_pretrained(source, **kwargs)(texts[0])["input_ids"] == tiny_tokenizer(texts[0])["input_ids"]
 
 
+@pytest.mark.slow
 def test_hf_engine_generates_exactly_n_tokens(tiny_hf, prompts):
     from engines.hf import HFEngineConfig
     from engines.hf.engine import HFEngine
@@ -105,6 +108,7 @@ def test_hf_engine_generates_exactly_n_tokens(tiny_hf, prompts):
         engine.close()
 
 
+@pytest.mark.slow
 def test_ctranslate2_engine_generates_exactly_n_tokens(cache_dir, prompts):
     pytest.importorskip("ctranslate2")  # the optional [ctranslate2] extra
     from engines.ctranslate2 import CT2ComputeType, CTranslate2EngineConfig
@@ -118,6 +122,7 @@ def test_ctranslate2_engine_generates_exactly_n_tokens(cache_dir, prompts):
         engine.close()
 
 
+@pytest.mark.slow
 def test_gguf_from_convert_hf_to_gguf_runs_in_llamacpp(cache_dir, prompts, tiny_tokenizer, texts):
     pytest.importorskip("llama_cpp")  # the optional [llamacpp] extra
     from llama_cpp import llama_cpp as lib
@@ -140,8 +145,9 @@ def test_gguf_from_convert_hf_to_gguf_runs_in_llamacpp(cache_dir, prompts, tiny_
         engine.close()
 
 
+@pytest.mark.slow
 def test_cli_runs_the_tiny_preset(run_cli, tmp_path):
-    proc = run_cli("model=tiny-llama-random", "dataset.limit=2", "generation.max_new_tokens=4")
+    proc = run_cli("model=tiny-llama-random", "dataset.limit=2", "generation.max_new_tokens=4", IN_PROCESS)
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = load_results(tmp_path / "outputs").iloc[0]
     assert (row.status, row.model_name, row.model_random) == ("ok", "tiny-llama-random", "tiny-llama")

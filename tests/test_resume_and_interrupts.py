@@ -13,10 +13,11 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import ROOT, run_runner
+from tests.helpers import IN_PROCESS, ROOT, TINY, run_runner
 
-TINY = ["dataset.limit=2", "dataset.max_prompt_tokens=64", "generation.max_new_tokens=4",
-        "measure.perplexity_prompts=0", "measure.agreement_prompts=0"]
+pytestmark = pytest.mark.slow  # real CLI runs in subprocesses
+# The rerun tests are about which records are kept, not about where a point runs: their points run in-process.
+QUIET = [*TINY, IN_PROCESS]
 
 
 def _records(root) -> dict[str, dict]:
@@ -29,7 +30,7 @@ def _index_paths(root) -> list[str]:
 
 def test_rerun_into_its_own_sweep_dir_keeps_every_result(tmp_path, cache_dir):
     outputs = tmp_path / "outputs"
-    sweep = ["-m", "hydra.sweep.dir=outputs/sweep", *TINY]
+    sweep = ["-m", "hydra.sweep.dir=outputs/sweep", *QUIET]
     assert run_runner(tmp_path, cache_dir, *sweep, "batch_size=1").returncode == 0
     first = _records(outputs)
     assert list(first) == ["sweep/0/record.json"]
@@ -55,7 +56,7 @@ def test_rerun_into_its_own_sweep_dir_keeps_every_result(tmp_path, cache_dir):
 
 def test_rerun_into_a_fixed_run_dir_and_from_another_sweep_dir(tmp_path, cache_dir):
     outputs = tmp_path / "outputs"
-    single = ["hydra.run.dir=outputs/mine", *TINY]
+    single = ["hydra.run.dir=outputs/mine", *QUIET]
     assert run_runner(tmp_path, cache_dir, *single).returncode == 0
     first = _records(outputs)["mine/record.json"]
     proc = run_runner(tmp_path, cache_dir, *single)  # resumed: skipped, nothing written or removed
@@ -65,7 +66,7 @@ def test_rerun_into_a_fixed_run_dir_and_from_another_sweep_dir(tmp_path, cache_d
     assert proc.returncode == 0
     assert set(_records(outputs)) == {"mine/record.json", "mine.2/record.json"}
     # The same point from another sweep dir: skipped, and that new sweep dir leaves nothing behind.
-    proc = run_runner(tmp_path, cache_dir, "-m", "hydra.sweep.dir=outputs/other", *TINY)
+    proc = run_runner(tmp_path, cache_dir, "-m", "hydra.sweep.dir=outputs/other", *QUIET)
     assert proc.returncode == 0 and "1 point(s) skipped" in proc.stdout
     assert not (outputs / "other").exists()
     assert _records(outputs)["mine/record.json"] == first
@@ -74,7 +75,7 @@ def test_rerun_into_a_fixed_run_dir_and_from_another_sweep_dir(tmp_path, cache_d
 def test_edited_prompts_are_a_new_point_not_a_resumed_one(tmp_path, cache_dir):
     prompts = tmp_path / "my prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"Tell me about the number {i}."}) + "\n" for i in range(2)))
-    args = ["dataset=file", f"dataset.path='{prompts}'", *TINY]
+    args = ["dataset=file", f"dataset.path='{prompts}'", *QUIET]
     assert run_runner(tmp_path, cache_dir, *args).returncode == 0
     proc = run_runner(tmp_path, cache_dir, *args)
     assert "skipped" in proc.stdout  # unchanged file: resumed

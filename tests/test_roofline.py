@@ -45,7 +45,7 @@ def test_smollm2_shape_from_its_prepared_model(smollm2_hf):
 
 def test_gguf_metadata_gives_the_same_shape(smollm2_hf):
     from runner.models import gguf_path
-    from tests.conftest import smollm2_spec
+    from tests.helpers import smollm2_spec
 
     assert model_shape(str(gguf_path(smollm2_spec()))) == model_shape(smollm2_hf)
 

@@ -10,7 +10,7 @@ import pytest
 from runner.metrics import BatchSample, headline_uncertainty, request_sample
 from runner.stats import (BOOTSTRAP_MIN_SAMPLES, BOOTSTRAP_RESAMPLES, bootstrap_ci, cv, interval, mean_ci, ratio_ci,
                           steady_state, t_ci)
-from tests.conftest import FAST
+from tests.helpers import FAST, IN_PROCESS
 
 
 def test_constant_data_gives_a_zero_width_interval_and_zero_cv():
@@ -102,8 +102,9 @@ def test_latency_intervals_count_a_static_batch_once():
     assert (out["ttft_ms_mean_ci_low"], out["ttft_ms_mean_ci_high"]) == pytest.approx((0.0, 1470.6), abs=0.1)
 
 
+@pytest.mark.slow
 def test_a_cpu_run_with_repetitions_writes_every_new_field(run_cli, tmp_path):
-    result = run_cli(*FAST, "measure.repetitions=3", "measure.perplexity_prompts=2")
+    result = run_cli(*FAST, "measure.repetitions=3", "measure.perplexity_prompts=2", IN_PROCESS)
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads(next(tmp_path.glob("outputs/runs/*/*/record.json")).read_text())
     assert record["status"] == "ok" and record["repetitions"] == 3

@@ -14,11 +14,9 @@ import time
 import pytest
 
 from runner.results import load_results
-from tests.conftest import ROOT, run_runner
+from tests.helpers import IN_PROCESS, ROOT, TINY, run_runner
 
-# Smaller than FAST: 2 prompts, 4 new tokens, no perplexity or agreement pass; the runs are about the sweep.
-TINY = ["dataset.limit=2", "dataset.max_prompt_tokens=64", "generation.max_new_tokens=4",
-        "measure.perplexity_prompts=0", "measure.agreement_prompts=0"]
+pytestmark = pytest.mark.slow  # real CLI sweeps in subprocesses
 
 
 def _records(root):
@@ -41,8 +39,9 @@ def test_oom_and_sigkill_become_rows_then_resume_retries_only_failures(tmp_path,
     assert df.loc[3, "engine_name"] == "hf" and df.loc[3, "env_python"]  # a full row though the child died
     assert "2 run(s) failed" in proc.stderr and "oom:" in proc.stderr and "crashed:" in proc.stderr
 
-    # Same sweep without faults: the ok point is skipped, the failed ones are retried (the default).
-    proc = run_runner(tmp_path, cache_dir, *args)
+    # Same sweep without faults: the ok point is skipped, the failed ones are retried (the default). Where the
+    # retries run is not the subject here (isolation is not part of the run key): in this process.
+    proc = run_runner(tmp_path, cache_dir, *[IN_PROCESS if a == "isolation=process" else a for a in args])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "1 point(s) skipped" in proc.stdout
     df = _records(tmp_path / "outputs")

