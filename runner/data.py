@@ -19,14 +19,8 @@ from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 
-from runner.config import (
-    ConfigError,
-    DatasetConfig,
-    FileDatasetConfig,
-    HFDatasetConfig,
-    ShareGPTConfig,
-    SyntheticConfig,
-)
+from runner.config import (ConfigError, DatasetConfig, FileDatasetConfig, HFDatasetConfig, ShareGPTConfig,
+                           SyntheticConfig)
 
 log = logging.getLogger(__name__)
 _SEPARATORS = re.compile(r"[\s,]*")

@@ -15,24 +15,11 @@ from engines.base import Engine, SamplingSpec, now
 from runner import compilation
 from runner.energy import EnergyMeter
 from runner.memory import MIB, HostPeak, MemorySampler, release_cached_device_memory
-from runner.metrics import (
-    BatchSample,
-    RequestSample,
-    headline_uncertainty,
-    repetition_rates,
-    request_sample,
-    summarize,
-)
+from runner.metrics import BatchSample, RequestSample, headline_uncertainty, repetition_rates, request_sample, summarize
 from runner.perplexity import perplexity_fields
 from runner.quality import AGREEMENT_TOKENS
 from runner.records import flatten
-from runner.roofline import (
-    kv_element_bytes,
-    measured_peak,
-    model_shape,
-    roofline_fields,
-    table_peak,
-)
+from runner.roofline import kv_element_bytes, measured_peak, model_shape, roofline_fields, table_peak
 from runner.stats import relative_half_width
 
 if TYPE_CHECKING:

@@ -22,14 +22,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from engines.base import (
-    Engine,
-    Generation,
-    SamplingSpec,
-    now,
-    require,
-    safetensors_bytes,
-)
+from engines.base import Engine, Generation, SamplingSpec, now, require, safetensors_bytes
 from engines.exllamav2 import EXLLAMAV2
 
 MIB = 2**20

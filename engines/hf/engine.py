@@ -8,10 +8,7 @@ from typing import Optional
 
 import torch
 from transformers import AutoModelForCausalLM
-from transformers.generation.stopping_criteria import (
-    StoppingCriteria,
-    StoppingCriteriaList,
-)
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 
 from engines.base import Engine, Generation, Requirement, SamplingSpec, now, require
 from engines.hf import BITSANDBYTES

@@ -20,12 +20,7 @@ from typing import Any, Optional
 
 from engines.base import Requirement, require
 from engines.llamacpp import LLAMA_CPP
-from engines.llamacpp.engine import (
-    end_of_generation_ids,
-    gguf_file,
-    physical_cores,
-    use_extra_buffers,
-)
+from engines.llamacpp.engine import end_of_generation_ids, gguf_file, physical_cores, use_extra_buffers
 from engines.server import Server
 
 SERVING = "pip install -e '.[serving]'"

@@ -16,15 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from engines.base import (
-    Engine,
-    Generation,
-    SamplingSpec,
-    now,
-    require,
-    safetensors_bytes,
-    value_of,
-)
+from engines.base import Engine, Generation, SamplingSpec, now, require, safetensors_bytes, value_of
 from engines.vllm import VLLM
 
 MIB = 2**20
