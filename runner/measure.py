@@ -145,9 +145,9 @@ def _warmup_sampling(cfg: "BenchConfig", sampling: SamplingSpec, engine: Engine,
 def measure_run(cfg: "BenchConfig", work: "Workload", session: "EngineSession", model_path: str) -> dict[str, Any]:
     """Load the model, warm up, time every batch; the measured fields of the record. ``session.warm`` (an earlier
     point ran this engine) keeps the allocator's cache and allows a short warm-up (_warmup_sampling)."""
-    engine, warm = session.engine, session.warm
+    engine = session.engine
     host, sampler, energy = HostPeak(), MemorySampler(cfg.measure.memory_sample_hz), EnergyMeter()
-    if not warm:
+    if not session.warm:
         # A fresh engine: an honest NVML baseline. Not for one a worker keeps: its allocator would have to
         # grow again inside the timed region after a short warm-up (eager HF: 0.69x of its own loop on an H200)
         release_cached_device_memory()
@@ -159,7 +159,8 @@ def measure_run(cfg: "BenchConfig", work: "Workload", session: "EngineSession", 
         engine.synchronize()
         load_s = now() - start
         batches = chunk(work.prompts, cfg.batch_size)
-        warmup_sampling = _warmup_sampling(cfg, work.sampling, engine, warm)
+        # read after load: loading another model path makes the session cold again
+        warmup_sampling = _warmup_sampling(cfg, work.sampling, engine, session.warm)
         warmup = warmup_batches(batches, cfg.measure.warmup_batches, engine.shape_specialized)
         compiled_before_warmup = compilation.snapshot()
         warmup_start = now()
