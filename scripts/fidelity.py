@@ -44,6 +44,12 @@ DEFAULTS = ["dataset.max_prompt_tokens=128", "generation.max_new_tokens=32", "me
             "measure.perplexity_prompts=0", "isolation=none", "resume=false"]
 
 
+def bare_loops_names() -> list[str]:
+    import bare_loops
+
+    return list(bare_loops.LOOPS)
+
+
 def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -64,7 +70,7 @@ def t_interval(values: list[float]) -> tuple[float, float, float]:
 
 
 def compare(label: str, batch_sizes: list[int], batches: int, rounds: int, overrides: list[str],
-            workdir: Path) -> list[dict]:
+            workdir: Path, bare_loop: str | None = None) -> list[dict]:
     """Alternate the runner's measured run and the bare loop on one loaded engine (kept across the batch
     sizes: a vLLM start costs minutes); a row of both sides' tok/s per round for each batch size."""
     import bare_loops
@@ -81,7 +87,7 @@ def compare(label: str, batch_sizes: list[int], batches: int, rounds: int, overr
                            f"dataset.limit={batch_size * batches}", *overrides])
             work = plan(cfg)
             session = session or EngineSession(work.engine_cls(cfg.engine))
-            bare = bare_loops.LOOPS[cfg.engine.name]
+            bare = bare_loops.LOOPS[bare_loop or cfg.engine.name]
             prompts = chunk(work.prompts, batch_size)
             runner_tok_s, bare_tok_s = [], []
             for r in range(rounds):
@@ -93,8 +99,8 @@ def compare(label: str, batch_sizes: list[int], batches: int, rounds: int, overr
                         runner_tok_s.append(record["output_tok_s"])
                         session.warm = True
                     else:
-                        if r == 0:
-                            bare(session.engine, prompts[:1], cfg.generation.max_new_tokens)  # its own warm-up
+                        if r == 0:  # its own warm-up: a whole pass (one batch left ExLlamaV2's first rounds cold)
+                            bare(session.engine, prompts, cfg.generation.max_new_tokens)
                         tokens, seconds = bare(session.engine, prompts, cfg.generation.max_new_tokens)
                         bare_tok_s.append(tokens / seconds)
             rows.append(_row(label, batch_size, runner_tok_s, bare_tok_s))
@@ -134,6 +140,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,4")
     parser.add_argument("--batches", type=int, default=2, help="batches per pass (prompts: batch size x this)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--bare-loop", choices=sorted(bare_loops_names()),
+                        help="time this loop of scripts/bare_loops.py instead of the engine's own (an ablation)")
     parser.add_argument("--out", type=Path, help="write the table (.md) and raw figures (.json) here")
     args, overrides = parser.parse_known_args()
     unknown = [e for e in args.engines.split(",") if e not in CONFIGS]
@@ -143,7 +151,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fidelity_") as tmp:
         for label in args.engines.split(","):
             rows += compare(label, list(map(int, args.batch_sizes.split(","))), args.batches, args.rounds,
-                            overrides, Path(tmp))
+                            overrides, Path(tmp), args.bare_loop)
     text = table(rows)
     print(text)
     if args.out:

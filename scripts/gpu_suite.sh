@@ -18,7 +18,8 @@
 #   ablation  what slowed the runner's HF figure (scripts/hf_timing_ablation.py), Llama-2-7B shapes, batch 1/16
 #   fidelity-CONFIGS  scripts/fidelity.py for comma-separated configurations (hf,hf_static,vllm,...) at
 #             batch 1/16 (FID_BATCHES), 3 rounds: the runner's figure against each engine's own loop
-#             (FID_EXTRA: more runner overrides, e.g. engine.compute_type=float16 for ctranslate2)
+#             (FID_EXTRA: more runner overrides, e.g. engine.compute_type=float16 for ctranslate2; FID_ROUNDS;
+#             FID_ARGS: more script arguments, e.g. --bare-loop ctranslate2_stamped; FID_TAG: a file-name suffix)
 #   hf-static-cv  the compiled HF mode from the CLI (fresh process), batch 1 and 16, 200 tokens, with the
 #             stopping rule on: repetitions until the 95 % interval is within ±3 % (at most 12)
 #   pack      tables and records of every run so far into $OUT (end each call with it: $OUT is emptied)
@@ -83,9 +84,10 @@ for stage in "$@"; do
         engine.dtype=float16 2>&1 | grep --line-buffered -vE "it/s\]" | tee "$OUT/ablation.log" ;;
     fidelity-*)
       configs=${stage#fidelity-}
-      python scripts/fidelity.py --engines "$configs" --batch-sizes "${FID_BATCHES:-1,16}" --rounds 3 \
-        --out "$OUT/fidelity-${configs//,/_}" $FIDELITY_WORKLOAD ${FID_EXTRA:-} 2>&1 | grep --line-buffered -vE "it/s\]|s/it\]|batch/s\]" \
-        | tee "$OUT/fidelity-${configs//,/_}.log" | tail -n 30 ;;
+      name=fidelity-${configs//,/_}${FID_TAG:-}
+      python scripts/fidelity.py --engines "$configs" --batch-sizes "${FID_BATCHES:-1,16}" --rounds "${FID_ROUNDS:-3}" \
+        --out "$OUT/$name" ${FID_ARGS:-} $FIDELITY_WORKLOAD ${FID_EXTRA:-} 2>&1 | grep --line-buffered -vE "it/s\]|s/it\]|batch/s\]" \
+        | tee "$OUT/$name.log" | tail -n 30 ;;
     hf-static-cv)
       COMMON="model=llama2-7b-random dataset=synthetic dataset.input_len=128 dataset.limit=\${batch_size} generation.max_new_tokens=200 measure.repetitions=3 measure.target_rel_ci=0.03 measure.max_repetitions=12"
       sweep hf-static-cv engine=hf engine.cache_implementation=static engine.compile=true batch_size=1,16 ;;

@@ -65,6 +65,20 @@ def test_forced_length_counts_exactly_the_requested_tokens(fp32, tokenizer):
 
 
 @pytest.mark.slow
+def test_without_token_timestamps_the_same_tokens_and_no_stamps(fp32, tokenizer):
+    """engine.token_timestamps=false drops CTranslate2's per-token callback: same greedy tokens, no stamps."""
+    spec, prompts = SamplingSpec(12, ignore_eos=True, temperature=0.0), _prompts(tokenizer)
+    stamped = fp32.generate(prompts, spec)
+    fp32.config.token_timestamps = False
+    try:
+        unstamped = fp32.generate(prompts, spec)
+    finally:
+        fp32.config.token_timestamps = True
+    assert [g.token_ids for g in unstamped] == [g.token_ids for g in stamped]
+    assert all(g.token_times is None for g in unstamped)
+
+
+@pytest.mark.slow
 def test_eos_allowed_stops_each_sequence_at_its_own_eos(fp32, tokenizer):
     short = chat_ids(tokenizer, "Reply with the single word: yes")
     long = tokenizer("Write a long story about the sea. Once upon a time")["input_ids"]

@@ -99,9 +99,10 @@ class CTranslate2Engine(Engine):
             sampling_temperature=sampling.temperature if sample else 1.0,
             include_prompt_in_result=False,
             return_scores=False,
-            callback=on_token,
+            callback=on_token if self.config.token_timestamps else None,
         )
-        return [Generation(token_ids=r.sequences_ids[0][skip:], token_times=t)
+        stamped = self.config.token_timestamps
+        return [Generation(token_ids=r.sequences_ids[0][skip:][:n], token_times=t if stamped else None)
                 for r, skip, t in zip(results, echo, times)]
 
     def prompt_logprobs(self, prompts: list[list[int]]) -> list[list[float]]:
