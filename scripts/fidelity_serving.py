@@ -150,8 +150,8 @@ def report(rate: str, ours: list[dict], theirs: list[dict]) -> None:
         b = [r[theirs_key] for r in theirs]
         print(f"| {label} | {np.mean(a):.3f} ({np.ptp(a):.3f}) | {np.mean(b):.3f} ({np.ptp(b):.3f}) | "
               f"{np.mean(a) / np.mean(b):.3f} |", flush=True)
-    # Each round in run order: llama-cpp-python's server sometimes decodes at ~28 ms a token instead of ~12 from
-    # some request on until the round ends (seen on both sides), and a mean over rounds hides which.
+    # Each round in run order: a mean over rounds hides a round in another server state (the stock server's
+    # second-OpenMP-team slowdown, engines/llamacpp/serve.py, showed that way: ~28 ms a token instead of ~12).
     for label in ("TTFT p50 ms", "TPOT p50 ms"):
         ours_key, theirs_key = FIELDS[label]
         print(f"{label} per round: runner {[round(r[ours_key], 1) for r in ours]}, "
