@@ -38,9 +38,9 @@ def main() -> None:
     backend, port = LlamaCppServer(LlamaCppEngineConfig()), free_loopback_port()
     command = backend.command(str(gguf_path(model)), port, "smol")
     if args.stock:  # the server as shipped, but for the extra buffers (their default segfaults on AMX CPUs)
-        command[1:3] = ["-c", "import os, runpy; from engines.llamacpp.serve import set_extra_buffers; "
-                              "set_extra_buffers(os.environ['LLM_BENCH_LLAMACPP_EXTRA_BUFFERS']); "
-                              "runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)"]
+        command[1:3] = ["-c", ("import os, runpy; from engines.llamacpp.serve import set_extra_buffers; "
+                               "set_extra_buffers(os.environ['LLM_BENCH_LLAMACPP_EXTRA_BUFFERS']); "
+                               "runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)")]
     url = f"http://127.0.0.1:{port}"
     server = ServerProcess(command, backend.env(), Path("llamacpp_server_probe.log"), f"{url}/v1")
     server.start(300)

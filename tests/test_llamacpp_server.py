@@ -50,7 +50,7 @@ def test_the_server_module_still_takes_the_names_it_replaces():
     pytest.importorskip("fastapi")
     import inspect
 
-    import llama_cpp.server.app as app
+    from llama_cpp.server import app
 
     streaming = inspect.getsource(app.get_event_publisher)
     assert "await run_in_threadpool(" in streaming and "iterate_in_threadpool(iterator)" in streaming

@@ -55,7 +55,7 @@ def pin_llama_calls(server_app) -> None:
 
 
 if __name__ == "__main__":
-    import llama_cpp.server.app as app
+    from llama_cpp.server import app
 
     if (flag := os.environ.get("LLM_BENCH_LLAMACPP_EXTRA_BUFFERS")) is not None:
         set_extra_buffers(flag)
