@@ -13,14 +13,15 @@ import hashlib
 import json
 from typing import Optional
 
+import engines
 from engines.base import SamplingSpec
-from engines.hf import HFEngineConfig
 from runner.cache import cache_root
 from runner.config import BenchConfig
 from runner.models import prepare
 from runner.records import write_json_atomic
 
 AGREEMENT_TOKENS = 32
+REFERENCE_ENGINE = "hf"  # its default config: dtype auto (float32 on CPU, float16 on CUDA)
 
 
 def agreement(reference: list[list[int]], outputs: list[list[int]]) -> float:
@@ -39,14 +40,13 @@ def reference_outputs(cfg: BenchConfig, prompts: list[list[int]], sampling: Samp
     path = cache_root(cfg.cache_dir) / "references" / f"{cfg.model.name}-{key}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    from engines.hf.engine import HFEngine
-
-    engine = HFEngine(HFEngineConfig())  # dtype auto: float32 on CPU, float16 on CUDA
-    engine.load(prepare(cfg.model, "hf", cfg.cache_dir).path)
+    engine_class = engines.get_engine_class(REFERENCE_ENGINE)
+    engine = engine_class(engines.config_class(REFERENCE_ENGINE)())
+    engine.load(prepare(cfg.model, engine_class.model_format, cfg.cache_dir).path)
     try:
         spec = SamplingSpec(max_new_tokens=n_tokens, ignore_eos=sampling.ignore_eos, temperature=0.0)
         outputs = [engine.generate([prompt], spec)[0].token_ids for prompt in prompts]
-        described = f"hf {engine.resolved['dtype']} {engine.resolved['device']} batch 1"
+        described = f"{REFERENCE_ENGINE} {engine.resolved['dtype']} {engine.resolved['device']} batch 1"
     finally:
         engine.close()
     result = {"reference": described, "outputs": outputs}
