@@ -170,6 +170,9 @@ class BenchConfig:
     timeout_s: Optional[float] = 3600.0  # per run, process/worker isolation: the child is killed past it
     resume: bool = True  # skip a point whose status=ok record (same run key) exists under outputs_root
     outputs_root: str = "outputs"  # records of every run and sweep; conf/config.yaml puts Hydra's dirs here
+    # The study a run belongs to (set by conf/experiment/<name>.yaml: `+experiment=<name>`); the report tables
+    # each one in its source's layout. Not part of the run key: the same point run by hand is the same point.
+    experiment: Optional[str] = None
 
 
 DATASET_SCHEMAS = {"sharegpt": ShareGPTConfig, "synthetic": SyntheticConfig, "hf": HFDatasetConfig,

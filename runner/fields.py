@@ -30,9 +30,9 @@ RECORD_FIELDS = (
           'when (UTC), where, the command-line overrides, and the resume key (config + `prompts_sha256`)'),
     Field('`engine_*`, `model_*`, `dataset_*`, `generation_*`, `measure_*`, `cache_dir`',
           'the resolved config, flattened (`engine.dtype` → `engine_dtype`)'),
-    Field('`scenario`, `isolation`, `timeout_s`, `resume`, `outputs_root`, `serving`, `server`, `serving_*`, '
-          '`server_*`',
-          'the top-level config keys; `serving` and `server` are empty outside `scenario=serving`, whose rows '
+    Field('`scenario`, `isolation`, `timeout_s`, `resume`, `outputs_root`, `experiment`, `serving`, `server`, '
+          '`serving_*`, `server_*`',
+          'the top-level config keys (`experiment`: the preset of `+experiment=NAME` a run came from); `serving` and `server` are empty outside `scenario=serving`, whose rows '
           'have them flattened (`serving_request_rate`, `server_url`) and what the server did '
           '(`server_backend`, `server_pid`, `server_command`, `server_log`, `server_startup_s`, '
           '`server_peak_rss_mib`, `server_auth`)'),

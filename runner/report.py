@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from runner.experiments import experiment_table, experiments, time_split
 from runner.results import RAW_SAMPLE_COLUMNS, export, labelled, latest, load_results, speedup
 from runner.results import configuration  # noqa: F401  (moved to runner.results; imported from here by others)
 
@@ -149,6 +150,10 @@ def report_markdown(df: pd.DataFrame, paths: list[str], superseded: int, baselin
     ]
     if not df.empty:
         parts += offline_sections(df, baseline)
+    for name in experiments(df):  # offline studies (serving ones have the rate table below)
+        rows = df[df["experiment"] == name]
+        parts += [f"## Experiment `{name}`: output tok/s [95 % interval] by configuration and batch size",
+                  markdown(experiment_table(rows)), time_split(rows)]
     if not serving.empty:
         parts.append(serving_section(serving))
     if plots:

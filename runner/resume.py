@@ -23,7 +23,7 @@ from typing import Any, Optional
 from runner.records import RECORD_NAME, flatten
 
 INDEX_NAME = "run_index.jsonl"
-NOT_IN_KEY = {"outputs_root", "isolation", "timeout_s", "resume", "cache_dir"}
+NOT_IN_KEY = {"outputs_root", "isolation", "timeout_s", "resume", "cache_dir", "experiment"}
 
 
 def run_key(cfg: Any, prompts_sha256: Optional[str] = None) -> str:
