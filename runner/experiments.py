@@ -34,8 +34,13 @@ def experiment_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def time_split(rows: pd.DataFrame) -> str:
-    """Seconds summed over the experiment's points, by phase (the fields each record has)."""
-    parts = [f"{label} {rows[field].sum():,.1f} s" for field, label in TIME_FIELDS.items() if field in rows]
+    """Seconds summed over the experiment's points, by phase (the fields each record has), and the rest of
+    the points' wall time (process starts, quality passes, writing)."""
+    phases = {label: rows[field].sum() for field, label in TIME_FIELDS.items() if field in rows}
+    parts = [f"{label} {seconds:,.1f} s" for label, seconds in phases.items()]
+    if "point_wall_s" in rows and rows["point_wall_s"].notna().all():
+        total = rows["point_wall_s"].sum()
+        parts += [f"everything else {total - sum(phases.values()):,.1f} s (of {total:,.1f} s in all)"]
     return f"Time over its {len(rows)} points: " + ", ".join(parts) + "."
 
 

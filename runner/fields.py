@@ -57,6 +57,9 @@ RECORD_FIELDS = (
           'whether the engine timestamps tokens (per-request latencies exist)'),
     Field('`load_s`',
           'model load time, device synchronized'),
+    Field('`point_wall_s`',
+          'wall time of the whole point, from its start to its record: a child or worker start, the model '
+          'preparation and load, warm-up, measurement, quality passes'),
     Field('`weights_mib`',
           'bytes of weights the engine holds (HF: parameters + buffers as stored; GGUF/CT2: the loaded '
           'weights)'),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Optional
@@ -33,6 +34,7 @@ def execute(cfg: BenchConfig, work: Any, run_dir: Path, overrides: list[str]) ->
     ``run_dir`` must be this run's own (runner.rundir.claim): the record is written there. Resume is the
     caller's: see :func:`completed_record`.
     """
+    start = time.perf_counter()
     prints = fingerprints(cfg, work)
     if cfg.scenario == "serving":
         from runner.serving.execute import execute as execute_serving
@@ -49,6 +51,7 @@ def execute(cfg: BenchConfig, work: Any, run_dir: Path, overrides: list[str]) ->
         if "env_python" not in record:  # the child died before describing its environment
             record.update(environment(work.engine_cls.packages))
     record.update(prints, run_key=run_key(cfg, prints["prompts_sha256"]))
+    record["point_wall_s"] = time.perf_counter() - start  # everything of this point, child start included
     with deferred():  # a Ctrl-C now would lose a finished result: it takes effect after the write
         write_json_atomic(run_dir / RECORD_NAME, record)
         index_record(Path(cfg.outputs_root), run_dir / RECORD_NAME, record)

@@ -56,17 +56,20 @@ def test_seed_engines_is_the_eight_engine_table():
 def test_the_experiment_table_puts_configurations_by_batch_size():
     rows = pd.DataFrame([
         {"configuration": "vllm float16", "batch_size": 1, "status": "ok", "output_tok_s": 215.5,
-         "output_tok_s_ci_low": 214.0, "output_tok_s_ci_high": 217.0, "load_s": 100.0, "measured_region_s": 5.0},
+         "output_tok_s_ci_low": 214.0, "output_tok_s_ci_high": 217.0, "load_s": 100.0, "measured_region_s": 5.0,
+         "point_wall_s": 120.0},
         {"configuration": "vllm float16", "batch_size": 64, "status": "oom", "output_tok_s": None,
-         "output_tok_s_ci_low": None, "output_tok_s_ci_high": None, "load_s": 90.0, "measured_region_s": None},
+         "output_tok_s_ci_low": None, "output_tok_s_ci_high": None, "load_s": 90.0, "measured_region_s": None,
+         "point_wall_s": 95.0},
         {"configuration": "hf float16", "batch_size": 1, "status": "ok", "output_tok_s": 42.7,
-         "output_tok_s_ci_low": None, "output_tok_s_ci_high": None, "load_s": 10.0, "measured_region_s": 8.0},
+         "output_tok_s_ci_low": None, "output_tok_s_ci_high": None, "load_s": 10.0, "measured_region_s": 8.0,
+         "point_wall_s": 20.0},
     ])
     table = experiment_table(rows)
     assert list(table.columns) == ["configuration", "batch 1", "batch 64"]
     assert table.values.tolist() == [["vllm float16", "215.5 [214.0, 217.0]", "oom"], ["hf float16", "42.7", "—"]]
     assert time_split(rows) == ("Time over its 3 points: engine starts (model loads) 200.0 s, "
-                                "measured regions 13.0 s.")
+                                "measured regions 13.0 s, everything else 22.0 s (of 235.0 s in all).")
 
 
 @pytest.mark.slow
@@ -85,4 +88,5 @@ def test_the_cpu_preset_runs_and_the_report_tables_it(run_cli, tmp_path):
     assert "| configuration | batch 1 |" in section
     for record in records:
         assert f"{record['output_tok_s']:,.1f} [" in section  # its figure, with its interval (2 repetitions)
-    assert "Time over its 3 points" in section
+    assert "Time over its 3 points" in section and "everything else" in section
+    assert all(r["point_wall_s"] > r["load_s"] + r["measured_region_s"] for r in records)
