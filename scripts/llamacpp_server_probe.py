@@ -1,4 +1,4 @@
-"""Does llama-cpp-python's server slow down for good after requests overlap? TPOT and the server's threads.
+"""Does llama-cpp-python's server slow down after requests overlap? TPOT and the server's threads.
 
     python scripts/llamacpp_server_probe.py            # the runner's launcher (engines/llamacpp/serve.py)
     python scripts/llamacpp_server_probe.py --stock    # llama_cpp.server as shipped (extra buffers as ours)
@@ -6,7 +6,7 @@
 SmolLM2 Q4_1 on the CPU, 32 tokens forced per request, greedy. Phases: 6 requests one at a time, overlapping
 pairs, 6 more one at a time, overlapping triples... Prints each phase's per-request TPOT (ms), the server's
 thread count, and the CPU seconds of its busiest threads (psutil). On 2 cores the stock server went from 11 to
-29-31 ms after an overlap and stayed there (docs/results/fidelity-serving-cpu-2026-12-01.md).
+29-34 ms after an overlap and stayed there until the extra thread retired (docs/results/fidelity-serving-cpu-2026-12-01.md).
 """
 
 from __future__ import annotations

@@ -9,10 +9,11 @@ server, with two changes that keep it at its own speed:
    thread of its pool is free, and with requests overlapping that becomes a second thread. A llama.cpp built
    with OpenMP (the PyPI build) then gets a second OpenMP team, and once the teams hold more threads than the
    machine has cores, libgomp stops spin-waiting in all of them (its throttled spin count). Every llama.cpp op
-   then waits on a futex wake-up, for the rest of the server's life. Measured on 2 cores, SmolLM2 Q4_1: TPOT 11.3 ms,
-   then 29-31 ms after two overlapping requests, even for requests sent one at a time (the same 34 ms as
-   OMP_WAIT_POLICY=PASSIVE). The server serves one request at a time behind its locks anyway, so one thread
-   costs it nothing; the slow state it removes hit 2 of 3 rounds of the served-load fidelity check at 1 req/s.
+   then waits on a futex wake-up until the pool retires the extra thread (anyio: after 10 s idle, so never
+   under steady load). Measured on 2 cores, SmolLM2 Q4_1: TPOT 11.3 ms, then 29-34 ms after two overlapping
+   requests, even for requests sent one at a time (OMP_WAIT_POLICY=PASSIVE gives 34 ms). The server serves one
+   request at a time behind its locks anyway, so one thread costs it nothing; the slow state it removes hit
+   2 of 3 rounds of the served-load fidelity check at 1 req/s (scripts/llamacpp_server_probe.py shows it).
 """
 
 import asyncio
