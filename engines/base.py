@@ -147,6 +147,11 @@ class Engine(ABC):
         """The variant of ``model_format`` this config needs (e.g. a GGUF quant type), or None."""
         return None
 
+    @classmethod
+    def stamps_tokens(cls, config: Any) -> bool:
+        """Whether ``generate`` fills ``token_times`` with this config (an engine may let it be turned off)."""
+        return cls.streams_tokens
+
     @abstractmethod
     def load(self, model_path: str) -> None:
         """Load the model.

@@ -42,7 +42,7 @@ def execute(cfg: BenchConfig, work: Any, run_dir: Path, overrides: list[str]) ->
         record = execute_serving(cfg, work, run_dir, base_record(cfg, run_dir, overrides))
     else:
         record = base_record(cfg, run_dir, overrides)
-        record.update(model_format=work.engine_cls.model_format, engine_streams_tokens=work.engine_cls.streams_tokens)
+        record.update(model_format=work.engine_cls.model_format, engine_streams_tokens=work.engine_cls.stamps_tokens(cfg.engine))
         if cfg.isolation == "none":
             outcome = run_point(cfg, work, run_dir, overrides)
         else:

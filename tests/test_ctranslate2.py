@@ -76,6 +76,9 @@ def test_without_token_timestamps_the_same_tokens_and_no_stamps(fp32, tokenizer)
         fp32.config.token_timestamps = True
     assert [g.token_ids for g in unstamped] == [g.token_ids for g in stamped]
     assert all(g.token_times is None for g in unstamped)
+    # ...and the record says so (engine_streams_tokens), where the runner asks the class
+    assert CTranslate2Engine.stamps_tokens(CTranslate2EngineConfig(token_timestamps=False)) is False
+    assert CTranslate2Engine.stamps_tokens(CTranslate2EngineConfig()) is True
 
 
 @pytest.mark.slow

@@ -58,6 +58,10 @@ class CTranslate2Engine(Engine):
         # memory; stored == run makes weights_bytes() a file size, and a load converts nothing.
         return _resolve(config)[1]
 
+    @classmethod
+    def stamps_tokens(cls, config) -> bool:
+        return config.token_timestamps  # false: no per-token callback (its cost: engines/ctranslate2/__init__.py)
+
     def load(self, model_path: str) -> None:
         cfg = self.config
         device, compute_type = _resolve(cfg)
