@@ -44,12 +44,6 @@ DEFAULTS = ["dataset.max_prompt_tokens=128", "generation.max_new_tokens=32", "me
             "measure.perplexity_prompts=0", "isolation=none", "resume=false"]
 
 
-def bare_loops_names() -> list[str]:
-    import bare_loops
-
-    return list(bare_loops.LOOPS)
-
-
 def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -135,12 +129,14 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
+    import bare_loops
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engines", default="hf,llamacpp,ctranslate2", help=f"of {', '.join(CONFIGS)}")
     parser.add_argument("--batch-sizes", default="1,4")
     parser.add_argument("--batches", type=int, default=2, help="batches per pass (prompts: batch size x this)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--bare-loop", choices=sorted(bare_loops_names()),
+    parser.add_argument("--bare-loop", choices=sorted(bare_loops.LOOPS),
                         help="time this loop of scripts/bare_loops.py instead of the engine's own (an ablation)")
     parser.add_argument("--out", type=Path, help="write the table (.md) and raw figures (.json) here")
     args, overrides = parser.parse_known_args()

@@ -77,7 +77,7 @@ class CTranslate2Engine(Engine):
         self.resolved = {"device": self.model.device, "dtype": self.model.compute_type}
 
     def generate(self, prompts: list[list[int]], sampling: SamplingSpec) -> list[Generation]:
-        n = sampling.max_new_tokens
+        n, stamped = sampling.max_new_tokens, self.config.token_timestamps
         # CTranslate2 quirk: when the shortest prompt has one token nothing is prefilled, and then it
         # returns the other prompts' tokens after the first (and counts them in max_length). Skip that
         # echo and stop each sequence at n new tokens from the callback instead.
@@ -103,9 +103,8 @@ class CTranslate2Engine(Engine):
             sampling_temperature=sampling.temperature if sample else 1.0,
             include_prompt_in_result=False,
             return_scores=False,
-            callback=on_token if self.config.token_timestamps else None,
+            callback=on_token if stamped else None,
         )
-        stamped = self.config.token_timestamps
         return [Generation(token_ids=r.sequences_ids[0][skip:][:n], token_times=t if stamped else None)
                 for r, skip, t in zip(results, echo, times)]
 
