@@ -43,6 +43,9 @@ def main(cfg: DictConfig) -> None:
     from runner.run import completed_record, execute
     from runner.summary import print_summary
 
+    from runner.devices import disable_nvlink_multicast
+
+    disable_nvlink_multicast()  # before any child starts: they inherit it
     hydra_cfg = HydraConfig.get()
     requested_dir = Path(hydra_cfg.runtime.output_dir)
     _hydra_dirs.add(requested_dir)

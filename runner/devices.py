@@ -19,6 +19,17 @@ from typing import Iterator, Optional
 from runner.config import ConfigError
 
 
+# NVLink multicast stays off on every run and in every child (engine cores, tensor-parallel workers): NCCL's
+# NVLS, torch's symmetric memory and NVSHMEM would otherwise create multicast objects, which can take a host's
+# GPUs out of service. A value the user set is kept.
+NO_NVLINK_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+def disable_nvlink_multicast() -> None:
+    for name, value in NO_NVLINK_MULTICAST.items():
+        os.environ.setdefault(name, value)
+
+
 def visible_gpus() -> list[str]:
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:

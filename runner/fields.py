@@ -55,8 +55,9 @@ RECORD_FIELDS = (
           'the format loaded, where from, conversion seconds on this run (0 when cached)'),
     Field('`engine_streams_tokens`',
           'whether the engine timestamps tokens (per-request latencies exist)'),
-    Field('`load_s`',
-          'model load time, device synchronized'),
+    Field('`load_s`, `engine_reused`',
+          'model load time, device synchronized; whether the model was already loaded (a worker\'s later '
+          'point: `load_s` ~0)'),
     Field('`point_wall_s`',
           'wall time of the whole point, from its start to its record: a child or worker start, the model '
           'preparation and load, warm-up, measurement, quality passes'),

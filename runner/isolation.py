@@ -59,7 +59,6 @@ def _serve(conn: Connection, keep_engine: bool, preload: tuple[str, ...] = ()) -
     from runner.session import EngineSession
 
     kept: Optional[EngineSession] = None
-    points_served = 0
     try:
         while True:
             job = conn.recv()
@@ -72,11 +71,9 @@ def _serve(conn: Connection, keep_engine: bool, preload: tuple[str, ...] = ()) -
                 record = run_point(cfg, work, run_dir, overrides, session=kept)
                 if kept is not None:
                     kept.warm = record.get("status") == "ok"
-                record["engine_reused"] = points_served > 0  # load_s ~0: the model was already loaded
             except BaseException as exc:  # run_point keeps its own errors; this is a bug around it
                 record = {"status": "error", "error": f"{type(exc).__name__}: {exc}",
                           "traceback": traceback.format_exc()}
-            points_served += 1
             conn.send(record)
             if keep_engine and record.get("status") != "ok":
                 break  # an engine that failed may be in any state: the next point gets a fresh worker

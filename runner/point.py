@@ -11,7 +11,7 @@ from runner.environment import environment
 from runner.measure import measure_run
 from runner.models import prepare
 from runner.plan import Workload
-from runner.quality import agreement_fields, wanted_reference
+from runner.quality import agreement_fields, on_cuda, reference_missing, wanted_reference
 from runner.session import EngineSession
 
 
@@ -36,9 +36,12 @@ def run_point(cfg: BenchConfig, work: Workload, run_dir: Path, overrides: list[s
         prepared = prepare(cfg.model, work.engine_cls.model_format, cfg.cache_dir, work.model_variant)
         record.update(model_path=prepared.path, model_prepare_s=prepared.prepare_s,
                       model_cache_hit=prepared.cache_hit)
-        reference = wanted_reference(cfg, work.prompts, work.sampling)  # cached; before any timing
         if session is None:
             session = EngineSession(work.engine_cls(cfg.engine))
+        elif session.loaded_path and on_cuda() and reference_missing(cfg, work.prompts, work.sampling):
+            session.unload()  # the reference needs the GPU that a kept engine may have pre-allocated (vLLM: 90 %)
+        record["engine_reused"] = session.loaded_path == prepared.path  # load_s ~0: the model was already loaded
+        reference = wanted_reference(cfg, work.prompts, work.sampling)  # cached; before any timing
         record.update(measure_run(cfg, work, session, prepared.path))
         heads = [r["output_head"] for r in record["request_samples"]]
         record.update(agreement_fields(work.sampling, reference, heads))

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Optional
 
 import engines
@@ -31,25 +34,46 @@ def agreement(reference: list[list[int]], outputs: list[list[int]]) -> float:
     return same / total
 
 
-def reference_outputs(cfg: BenchConfig, prompts: list[list[int]], sampling: SamplingSpec) -> dict:
-    """{"reference": what produced it, "outputs": its first tokens per prompt}, cached on disk by model,
-    prompts and settings."""
+def _reference_path(cfg: BenchConfig, prompts: list[list[int]], sampling: SamplingSpec) -> Path:
     n_tokens = min(AGREEMENT_TOKENS, sampling.max_new_tokens)
     key = hashlib.sha256(json.dumps([cfg.model.name, cfg.model.hf, cfg.model.gguf, cfg.model.random,
                                      prompts, n_tokens, sampling.ignore_eos]).encode()).hexdigest()[:16]
-    path = cache_root(cfg.cache_dir) / "references" / f"{cfg.model.name}-{key}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    return cache_root(cfg.cache_dir) / "references" / f"{cfg.model.name}-{key}.json"
+
+
+def _generate_reference(cfg: BenchConfig, prompts: list[list[int]], sampling: SamplingSpec) -> dict:
     engine_class = engines.get_engine_class(REFERENCE_ENGINE)
     engine = engine_class(engines.config_class(REFERENCE_ENGINE)())
     engine.load(prepare(cfg.model, engine_class.model_format, cfg.cache_dir).path)
     try:
-        spec = SamplingSpec(max_new_tokens=n_tokens, ignore_eos=sampling.ignore_eos, temperature=0.0)
+        spec = SamplingSpec(max_new_tokens=min(AGREEMENT_TOKENS, sampling.max_new_tokens),
+                            ignore_eos=sampling.ignore_eos, temperature=0.0)
         outputs = [engine.generate([prompt], spec)[0].token_ids for prompt in prompts]
         described = f"{REFERENCE_ENGINE} {engine.resolved['dtype']} {engine.resolved['device']} batch 1"
     finally:
         engine.close()
-    result = {"reference": described, "outputs": outputs}
+    return {"reference": described, "outputs": outputs}
+
+
+def on_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def reference_outputs(cfg: BenchConfig, prompts: list[list[int]], sampling: SamplingSpec) -> dict:
+    """{"reference": what produced it, "outputs": its first tokens per prompt}, cached on disk by model,
+    prompts and settings. On a GPU it is computed in a child process of its own, so that the memory it took is
+    the driver's again when the child exits, whatever the reference engine's allocator keeps (a worker that
+    keeps an engine loaded would otherwise hold a second copy of the weights beside it)."""
+    path = _reference_path(cfg, prompts, sampling)
+    if path.is_file():
+        return json.loads(path.read_text())
+    if on_cuda():
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            result = pool.submit(_generate_reference, cfg, prompts, sampling).result()
+    else:  # host memory: freed when the engine is closed; a child would cost CI a torch import per reference
+        result = _generate_reference(cfg, prompts, sampling)
     write_json_atomic(path, result)
     return result
 
@@ -68,9 +92,18 @@ def agreement_fields(sampling: SamplingSpec, reference: Optional[dict], heads: l
     return fields
 
 
+def _wanted(cfg: BenchConfig, sampling: SamplingSpec) -> bool:
+    return cfg.measure.agreement_prompts > 0 and sampling.temperature == 0
+
+
+def reference_missing(cfg: BenchConfig, prompts: list[list[int]], sampling: SamplingSpec) -> bool:
+    """This run wants a reference that is not cached yet: getting it loads the reference model."""
+    return _wanted(cfg, sampling) and not _reference_path(
+        cfg, prompts[:cfg.measure.agreement_prompts], sampling).is_file()
+
+
 def wanted_reference(cfg: BenchConfig, prompts: list[list[int]], sampling: SamplingSpec) -> Optional[dict]:
     """The reference for this run, or None when agreement is off or meaningless (sampling)."""
-    n = cfg.measure.agreement_prompts
-    if n == 0 or sampling.temperature > 0:
+    if not _wanted(cfg, sampling):
         return None
-    return reference_outputs(cfg, prompts[:n], sampling)
+    return reference_outputs(cfg, prompts[:cfg.measure.agreement_prompts], sampling)

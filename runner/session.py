@@ -35,6 +35,14 @@ class EngineSession:
             self._logprobs[key] = self.engine.prompt_logprobs(prompts)
         return self._logprobs[key]
 
+    def unload(self) -> None:
+        """Close the engine and hold a fresh one of the same config: its device memory is free until the next
+        load (a worker makes room this way for a quality reference beside an engine that pre-allocates)."""
+        self.close()
+        self.engine = type(self.engine)(self.engine.config)
+        self._logprobs.clear()
+        self.warm = False
+
     def close(self) -> None:
         self.engine.close()
         self.loaded_path = None
