@@ -52,9 +52,9 @@ def main(cfg: DictConfig) -> None:
     try:
         bench = to_bench_config(cfg)
         if bench.scenario == "offline":
-            from runner.isolation import prestart_worker
+            from runner.isolation import prestart
 
-            prestart_worker(bench)  # isolation=worker: the worker imports while this process plans
+            prestart(bench)  # the run child (or worker) imports while this process plans
         work = plan(bench)
     except ConfigError as exc:
         _refuse(exc)

@@ -3,6 +3,7 @@
 isolation=process (default): a fresh 'spawn' child per run. Nothing carries over between runs (host peak
   RSS, allocator caches, CUDA context, an engine's leaked threads), and a segfault, SIGKILL or hang of the
   engine costs one row, not the sweep. The parent blocks in Connection.poll(timeout_s); no busy-wait.
+  The child starts while the parent plans the point (prestart), so its imports overlap the planning.
 isolation=worker: the fast grid. One child per (engine config, model) key stays alive across the jobs of a
   multirun (Hydra's basic launcher calls main() once per job in one process) and keeps the model loaded;
   each point only warms up and times its batches (prompt log-probs for perplexity, the same at every point,
@@ -50,7 +51,7 @@ def _serve(conn: Connection, keep_engine: bool, preload: tuple[str, ...] = ()) -
     _child_setup()
     import importlib
 
-    for module in preload:  # imported while the parent still plans the first point (prestart_worker)
+    for module in preload:  # imported while the parent still plans the first point (prestart)
         try:
             importlib.import_module(module)
         except ImportError:
@@ -130,17 +131,20 @@ _worker: Optional[_Child] = None  # the one live worker of this process (isolati
 
 def kill_children() -> None:
     """Ctrl-C / SIGTERM: SIGKILL every run child's process group now (its engine's processes with it)."""
-    global _worker
-    _worker = None
+    global _worker, _prestarted
+    _worker = _prestarted = None
     for child in list(_live):
         child.kill()
 
 
 def shutdown_worker() -> None:
-    global _worker
+    """End the kept worker and an unused prestarted child (at exit, or before a worker of another key)."""
+    global _worker, _prestarted
     if _worker is not None:
         _worker.stop()
-        _worker = None
+    if _prestarted is not None:
+        _prestarted.kill()  # it never got a job: nothing to close, and it may still be importing
+    _worker = _prestarted = None
 
 
 atexit.register(shutdown_worker)
@@ -192,20 +196,45 @@ def _run_in_child(child: _Child, job: tuple, timeout_s: Optional[float]) -> tupl
             return _describe_exit(child.process.exitcode), False
 
 
-def prestart_worker(cfg: BenchConfig) -> None:
-    """isolation=worker: start the point's worker now, so that its imports (torch, transformers, the engine:
-    seconds) overlap the parent's planning of the first point instead of following it. Nothing is timed yet."""
-    global _worker
+_prestarted: Optional[_Child] = None  # isolation=process: the next point's child, importing while we plan
+
+
+def _preload(cfg: BenchConfig) -> tuple[str, ...]:
+    from engines import adapter_module
+
+    return tuple(filter(None, ("torch", "transformers", adapter_module(cfg.engine.name))))
+
+
+def _fresh_child_key() -> str:
+    return f"fresh:{os.environ.get('CUDA_VISIBLE_DEVICES')}"  # the GPU a launcher job claims is inherited
+
+
+def prestart(cfg: BenchConfig) -> None:
+    """Start the point's child or worker now, so that its imports (torch, transformers, the engine: seconds)
+    overlap the parent's planning of the point instead of following it. Nothing is timed yet."""
+    global _worker, _prestarted
+    if cfg.isolation == "process":
+        if _prestarted is None or not _prestarted.process.is_alive():
+            _prestarted = _start(keep_engine=False, key=_fresh_child_key(), preload=_preload(cfg))
+        return
     if cfg.isolation != "worker":
         return
     key = worker_key(cfg)
     if _worker is not None and _worker.key == key and _worker.process.is_alive():
         return
     shutdown_worker()
-    from engines import adapter_module
+    _worker = _start(keep_engine=True, key=key, preload=_preload(cfg))
 
-    engine_module = adapter_module(cfg.engine.name)
-    _worker = _start(keep_engine=True, key=key, preload=tuple(filter(None, ("torch", "transformers", engine_module))))
+
+def _fresh_child() -> _Child:
+    """The prestarted child if it suits this point (alive, same GPU), else a new one."""
+    global _prestarted
+    child, _prestarted = _prestarted, None
+    if child is not None and child.key == _fresh_child_key() and child.process.is_alive():
+        return child
+    if child is not None:
+        child.kill()
+    return _start(keep_engine=False, key=None)
 
 
 def run_isolated(cfg: BenchConfig, work: Any, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
@@ -213,7 +242,7 @@ def run_isolated(cfg: BenchConfig, work: Any, run_dir: Path, overrides: list[str
     global _worker
     job = (cfg, work, run_dir, overrides)
     if cfg.isolation == "process":
-        child = _start(keep_engine=False, key=None)
+        child = _fresh_child()
         try:
             record, _ = _run_in_child(child, job, cfg.timeout_s)
         except BaseException:  # Ctrl-C / SIGTERM: the child (own process group, no terminal signal) dies now

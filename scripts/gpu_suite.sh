@@ -11,6 +11,9 @@
 #             exllamav2, ctranslate2, llamacpp, vllm, vllm_gptq): Llama-2-7B shapes, ShareGPT prompts,
 #             200 new tokens forced, batch 1/4/16/64 (SEED_BATCHES), one batch of prompts per point
 #             (dataset.limit = batch size), warmed up on it, then measured SEED_REPS times
+#   seed-grid the whole +experiment=seed_engines preset (32 points, isolation=worker) in one sweep; the call
+#             stops it cleanly with SIGINT after SEED_GRID_S seconds (default 540) and the next call's same
+#             stage resumes it (finished points are skipped). SEED_EXTRA: more overrides
 #   repeat    the seed's llama.cpp batch-16 point again (resume=false): its tok/s against the first run's CI
 #   serving   vLLM's OpenAI server on the Llama-2-7B shape, open-loop Poisson load at 4 / 16 / inf req/s,
 #             ShareGPT prompts, 200 tokens forced, SLOs TTFT 1 s and TPOT 50 ms for goodput
@@ -93,6 +96,11 @@ for stage in "$@"; do
       sweep hf-static-cv engine=hf engine.cache_implementation=static engine.compile=true batch_size=1,16 ;;
     exl2-build)
       TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 -c "import exllamav2, exllamav2.ext; print('exllamav2', exllamav2.__version__)" 2>&1 | tail -n 3 ;;
+    seed-grid)
+      echo "== python -m runner -m +experiment=seed_engines ${SEED_EXTRA:-}"
+      timeout --signal=INT "${SEED_GRID_S:-540}" python -m runner -m hydra.sweep.dir="$RUNS/seed-grid" \
+        +experiment=seed_engines ${SEED_EXTRA:-} 2>&1 | grep --line-buffered -vE "it/s\]|s/it\]|batch/s\]|s/batch\]" \
+        | tee -a "$OUT/seed-grid.log" | grep -E "^(record|skipped|error|interrupted)|run\(s\) failed|point\(s\)" ;;
     seed-*)
       COMMON="model=llama2-7b-random dataset=sharegpt dataset.limit=\${batch_size} generation.max_new_tokens=200 measure.repetitions=${SEED_REPS:-3}"
       # CTranslate2's default compute type is the stored float32: the seed compares 16-bit engines.
