@@ -136,6 +136,7 @@ class Engine(ABC):
         # What the engine really ran with, filled by load() (e.g. {"device": "cpu", "dtype": "float32"});
         # it goes on the record beside the requested config.
         self.resolved: dict[str, Any] = {}
+        self.draft_path: Optional[str] = None  # engine.speculative.method=draft: the draft model (use_draft)
 
     @classmethod
     def requirements(cls, config: Any) -> tuple[Requirement, ...]:
@@ -183,6 +184,16 @@ class Engine(ABC):
             NotImplementedError: the engine cannot score tokens; the message says why.
         """
         raise NotImplementedError(f"the {self.name} engine adapter does not expose token log-probabilities")
+
+    def use_draft(self, path: str) -> None:
+        """The draft model for engine.speculative.method=draft, in this engine's ``model_format``; the runner
+        prepares it like the target and calls this before ``load``."""
+        self.draft_path = path
+
+    def take_spec_counts(self) -> Optional[Any]:
+        """Speculative decoding's counts (an ``engines.speculative.SpecCounts``) since the last call, which
+        starts new ones; None where speculation is off or the engine has none."""
+        return None
 
     def close(self) -> None:
         """Release the model and its memory. The default drops references; override to do more."""
