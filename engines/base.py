@@ -153,6 +153,12 @@ class Engine(ABC):
         """Whether ``generate`` fills ``token_times`` with this config (an engine may let it be turned off)."""
         return cls.streams_tokens
 
+    @classmethod
+    def batches_sequentially(cls, config: Any) -> bool:
+        """True when this config makes ``generate`` run a batch's prompts one after another (HF's assisted
+        decoding takes one sequence at a time): then batch 1 is its like-for-like comparison."""
+        return False
+
     @abstractmethod
     def load(self, model_path: str) -> None:
         """Load the model.

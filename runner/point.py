@@ -13,6 +13,7 @@ from runner.models import prepare
 from runner.plan import Workload
 from runner.quality import agreement_fields, wanted_reference
 from runner.session import EngineSession
+from runner.speculative import exactness_fields, plain_reference, prepare_draft
 
 
 def _failure_status(exc: BaseException) -> str:
@@ -39,9 +40,15 @@ def run_point(cfg: BenchConfig, work: Workload, run_dir: Path, overrides: list[s
         reference = wanted_reference(cfg, work.prompts, work.sampling)  # cached; before any timing
         if session is None:
             session = EngineSession(work.engine_cls(cfg.engine))
+        draft = prepare_draft(cfg, session.engine)  # engine.speculative.draft, converted once like the target
+        if draft is not None:
+            record.update(spec_draft_path=draft.path, spec_draft_prepare_s=draft.prepare_s)
+        # the same engine without speculation, made before the measured engine loads (a kept one is closed first)
+        spec_reference = plain_reference(cfg, work, prepared.path, make_room=session.unload)
         record.update(measure_run(cfg, work, session, prepared.path))
         heads = [r["output_head"] for r in record["request_samples"]]
         record.update(agreement_fields(work.sampling, reference, heads))
+        record.update(exactness_fields(cfg, spec_reference, heads))
         record["status"] = "ok"
     except Exception as exc:  # the run failed: keep it as a row with its error
         record["status"] = _failure_status(exc)

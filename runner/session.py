@@ -35,6 +35,11 @@ class EngineSession:
             self._logprobs[key] = self.engine.prompt_logprobs(prompts)
         return self._logprobs[key]
 
+    def unload(self) -> None:
+        """Close the engine's model, if one is loaded, to make room; the next ``load`` loads it again."""
+        if self.loaded_path is not None:
+            self.close()
+
     def close(self) -> None:
         self.engine.close()
         self.loaded_path = None

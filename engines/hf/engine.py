@@ -70,6 +70,10 @@ class HFEngine(Engine):
         quantization = config.quantization.value
         return () if quantization == "none" else (replace(BITSANDBYTES, needed_by=f"engine.quantization={quantization}"),)
 
+    @classmethod
+    def batches_sequentially(cls, config) -> bool:
+        return config.speculative.on  # transformers' assisted decoding: batch 1 only
+
     def load(self, model_path: str) -> None:
         cfg = self.config
         device = cfg.device.value
