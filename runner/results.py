@@ -108,6 +108,10 @@ def configuration(row: pd.Series) -> str:
             parts.append(value)
     if row.get("batching") == "sequential":
         parts.append("sequential")
+    method = row.get("engine_speculative_method")
+    if isinstance(method, str) and method != "none":  # speculative decoding: method[:draft] and tokens per step
+        draft = row.get("engine_speculative_draft")
+        parts.append(f"{method}{f':{draft}' if isinstance(draft, str) else ''} k={row['engine_speculative_num_tokens']:.0f}")
     return " ".join(str(p) for p in parts if isinstance(p, str) and p)
 
 
