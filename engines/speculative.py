@@ -30,7 +30,8 @@ class SpeculativeConfig:
     method: SpecMethod = SpecMethod.none
     num_tokens: int = 4  # tokens drafted per step (HF num_assistant_tokens, constant; vLLM num_speculative_tokens)
     # method=draft: a model config name (conf/model/<name>.yaml), prepared like any model (converted once,
-    # cached); its tokenizer must be the target's
+    # cached); its tokenizer must be the target's. Ignored by the other methods, so that one sweep
+    # (method=none,prompt_lookup,draft) can name it once
     draft: Optional[str] = None
     max_ngram: int = 3  # prompt_lookup: the longest n-gram matched (down to 1); vLLM prompt_lookup_max
 
@@ -45,9 +46,6 @@ class SpeculativeConfig:
         if method == "draft" and not self.draft:
             raise ConfigError("engine.speculative.method=draft: needs engine.speculative.draft, a model config name "
                               "(conf/model/<name>.yaml), e.g. engine.speculative.draft=smollm2-135m")
-        if method != "draft" and self.draft:
-            raise ConfigError(f"engine.speculative.draft={self.draft}: only used with "
-                              f"engine.speculative.method=draft (it is {method})")
 
     @property
     def on(self) -> bool:

@@ -50,7 +50,7 @@ def check_draft(cfg: BenchConfig, tokenizer_of: Callable[[ModelConfig], Any]) ->
     """A draft model whose tokenizer is not the target's is refused: its token ids would mean other text.
     ``tokenizer_of(model)`` loads a model's tokenizer (no weights; runner.plan caches them)."""
     spec = speculative(cfg)
-    if spec is None or not spec.draft:
+    if spec is None or spec.method.value != "draft":
         return
     tokenizer, theirs = tokenizer_of(cfg.model), tokenizer_of(draft_model(spec.draft))
     if theirs is not tokenizer and theirs.get_vocab() != tokenizer.get_vocab():
@@ -61,7 +61,7 @@ def check_draft(cfg: BenchConfig, tokenizer_of: Callable[[ModelConfig], Any]) ->
 def prepare_draft(cfg: BenchConfig, engine: Engine) -> Optional[PreparedModel]:
     """The draft model in the engine's format (converted once, cached), handed to the engine before it loads."""
     spec = speculative(cfg)
-    if spec is None or not spec.draft:
+    if spec is None or spec.method.value != "draft":
         return None
     prepared = prepare(draft_model(spec.draft), engine.model_format, cfg.cache_dir)
     engine.use_draft(prepared.path)
