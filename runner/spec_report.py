@@ -71,6 +71,8 @@ def spec_table(rows: pd.DataFrame) -> pd.DataFrame:
     present = [(name, field) for name, field, _ in COLUMNS if field in spec]
     table = spec[["model_name", "configuration", "status", *(f for _, f in present)]].copy()
     table.columns = ["model", "configuration", "status", *(n for n, _ in present)]
+    if "draft" in table:  # a sweep names its draft once; only method=draft rows use it
+        table["draft"] = table["draft"].where(table["method"] == "draft")
     inexact = table["exact"].lt(1.0) if "exact" in table else pd.Series(False, index=table.index)
     table["flag"] = inexact.map({True: "NOT EXACT", False: ""})
     order = [c for c in ("model", "configuration", "workload", "batch") if c in table]
