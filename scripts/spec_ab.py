@@ -51,8 +51,8 @@ def main() -> None:
     spec = work.engine_cls(cfg.engine)
     prepare_draft(cfg, spec)
     plain = work.engine_cls(dataclasses.replace(cfg.engine, speculative=SpeculativeConfig()))
-    batch = 1 if work.engine_cls.batches_sequentially(cfg.engine) else cfg.batch_size
-    batches = [work.prompts[i:i + batch] for i in range(0, len(work.prompts), batch)]
+    # both at batch_size, as the runner pairs them (an engine that speculates one sequence at a time pays that)
+    batches = [work.prompts[i:i + cfg.batch_size] for i in range(0, len(work.prompts), cfg.batch_size)]
     for engine in (plain, spec):
         engine.load(path)
         one_pass(engine, batches[:1], work.sampling)  # warm-up
