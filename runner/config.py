@@ -221,8 +221,8 @@ def missing_engine_key(schema: Any, key: str) -> Optional[str]:
     ctranslate2): one line naming the engines that have it; None for any other unknown key."""
     from engines.base import EngineConfig
 
-    if not (isinstance(schema, type) and issubclass(schema, EngineConfig)):
-        return None
+    if not (isinstance(schema, type) and issubclass(schema, EngineConfig)) or key in schema.__dataclass_fields__:
+        return None  # not an engine's schema, or a key it has (a bad value is another error)
     having = engines.with_key(key)
     if not having:
         return None
