@@ -55,6 +55,14 @@ def with_server() -> list[str]:
     return [name for name in names() if getattr(_package(name), "SERVER", None)]
 
 
+def with_key(key: str) -> list[str]:
+    """The engines whose config has the top-level key ``engine.<key>`` (e.g. speculative), without importing any
+    adapter: the one-line refusal of a key an engine lacks names the engines that have it."""
+    import dataclasses
+
+    return [name for name in names() if key in {f.name for f in dataclasses.fields(config_class(name))}]
+
+
 def adapter_module(name: str) -> str:
     """The adapter's module name (imported in a worker before it forks, without importing it here)."""
     return _package(name).ADAPTER.split(":")[0]

@@ -136,6 +136,7 @@ class Engine(ABC):
         # What the engine really ran with, filled by load() (e.g. {"device": "cpu", "dtype": "float32"});
         # it goes on the record beside the requested config.
         self.resolved: dict[str, Any] = {}
+        self.draft_path: Optional[str] = None  # engine.speculative.method=draft: the draft model (use_draft)
 
     @classmethod
     def requirements(cls, config: Any) -> tuple[Requirement, ...]:
@@ -151,6 +152,12 @@ class Engine(ABC):
     def stamps_tokens(cls, config: Any) -> bool:
         """Whether ``generate`` fills ``token_times`` with this config (an engine may let it be turned off)."""
         return cls.streams_tokens
+
+    @classmethod
+    def batches_sequentially(cls, config: Any) -> bool:
+        """True when this config makes ``generate`` run a batch's prompts one after another (HF's assisted
+        decoding takes one sequence at a time): then batch 1 is its like-for-like comparison."""
+        return False
 
     @abstractmethod
     def load(self, model_path: str) -> None:
@@ -183,6 +190,16 @@ class Engine(ABC):
             NotImplementedError: the engine cannot score tokens; the message says why.
         """
         raise NotImplementedError(f"the {self.name} engine adapter does not expose token log-probabilities")
+
+    def use_draft(self, path: str) -> None:
+        """The draft model for engine.speculative.method=draft, in this engine's ``model_format``; the runner
+        prepares it like the target and calls this before ``load``."""
+        self.draft_path = path
+
+    def take_spec_counts(self) -> Optional[Any]:
+        """Speculative decoding's counts (an ``engines.speculative.SpecCounts``) since the last call, which
+        starts new ones; None where speculation is off or the engine has none."""
+        return None
 
     def close(self) -> None:
         """Release the model and its memory. The default drops references; override to do more."""

@@ -143,6 +143,10 @@ def _one_line(exc: Exception) -> str:
     if cause is not None:
         detail = str(cause).strip().splitlines()[0]
         schema = getattr(cause, "object_type", None)
+        from runner.config import missing_engine_key
+
+        if refusal := missing_engine_key(schema, str(getattr(cause, "key", ""))):
+            return refusal
         if "not in" in detail and dataclasses.is_dataclass(schema):
             detail += f"; valid keys: {', '.join(f.name for f in dataclasses.fields(schema))}"
         return f"{head.rstrip('.')}: {detail}"

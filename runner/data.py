@@ -79,6 +79,14 @@ def _sharegpt_file(cfg: ShareGPTConfig) -> Iterator[str]:
 
 
 def _sharegpt_texts(cfg: ShareGPTConfig) -> Iterator[str]:
+    try:
+        wanted = re.compile(cfg.match) if cfg.match else None  # dataset.match: only the prompts it finds
+    except re.error as exc:
+        raise ConfigError(f"dataset.match={cfg.match}: not a regular expression ({exc})") from None
+    return (text for text in _sharegpt_all(cfg) if wanted is None or wanted.search(text))
+
+
+def _sharegpt_all(cfg: ShareGPTConfig) -> Iterator[str]:
     with _sharegpt_file(cfg) as path:
         try:
             with open(path, encoding="utf-8") as f:

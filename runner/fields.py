@@ -167,6 +167,21 @@ RECORD_FIELDS = (
     Field('`greedy_reference`, `greedy_agreement_prompts`, `greedy_agreement_note`',
           'the reference (HF transformers at float32 on CPU / float16 on CUDA, each prompt alone, '
           'cached), how many prompts, and why the figure is empty when it is (sampling, disabled)'),
+    Field('`spec_verify_steps`, `spec_drafted_tokens`, `spec_accepted_tokens`, `spec_acceptance_rate`, '
+          '`spec_accepted_tokens_per_step_mean`, `spec_accepted_tokens_per_step_hist`, `spec_counts_source`',
+          'speculative decoding (`engine_speculative_method`, `_num_tokens`, `_draft`, `_max_ngram`), measured region '
+          "only, from the engine's own counters where it has them (`spec_counts_source` says which): verification "
+          'steps (one sequence checking ≥ 1 drafted token in one target forward pass; a step that drafted nothing '
+          'is not one), tokens drafted and accepted, accepted / drafted, accepted per step (mean, and the raw '
+          'distribution: element k = steps that accepted k tokens). Speed-up against the same point without '
+          'speculation: the report pairs the rows (`spec_speedup`)'),
+    Field('`spec_draft_path`, `spec_draft_prepare_s`',
+          "the draft model (`engine.speculative.draft`) in the engine's format, and its conversion seconds on "
+          'this run (0 when cached)'),
+    Field('`spec_greedy_agreement`, `spec_exact`, `spec_reference`, `spec_agreement_note`',
+          'greedy exactness: agreement (as `greedy_agreement`) of the first `measure.agreement_prompts` outputs '
+          'with the same engine and batches without speculation (`spec_reference`; cached); `spec_exact` False '
+          'and the note say when it is below 1.0'),
     Field('`batch_samples`, `request_samples`',
           'raw per-batch (`ttft_ms`, `decode_ms`, `latency_ms`, `repetition`) and per-request samples '
           '(TTFT, E2EL, TPOT, every ITL, the first 32 output ids, `repetition`)'),

@@ -20,6 +20,7 @@ from runner.perplexity import perplexity_fields
 from runner.quality import AGREEMENT_TOKENS
 from runner.records import flatten
 from runner.roofline import kv_element_bytes, measured_peak, model_shape, roofline_fields, table_peak
+from runner.speculative import counts_fields
 from runner.stats import relative_half_width
 
 if TYPE_CHECKING:
@@ -167,6 +168,7 @@ def measure_run(cfg: "BenchConfig", work: "Workload", session: "EngineSession", 
         warm_up(engine, warmup, warmup_sampling)
         warmup_s = now() - warmup_start
         compiled_before_timing = compilation.snapshot()
+        engine.take_spec_counts()  # speculative decoding: the warm-up's counts are dropped
         engine.reset_peak_memory()
         energy.start()
         region_start = now()
@@ -177,6 +179,7 @@ def measure_run(cfg: "BenchConfig", work: "Workload", session: "EngineSession", 
         region_s = now() - region_start
         energy.stop()
         compiled_after_timing = compilation.snapshot()
+        spec_counts = engine.take_spec_counts()  # the measured region's, read after it (vLLM: a metrics call)
     finally:
         sampler.stop()
     summary = flatten(summarize(batch_samples, request_samples))
@@ -202,6 +205,7 @@ def measure_run(cfg: "BenchConfig", work: "Workload", session: "EngineSession", 
         "warmup_s": warmup_s,
         **compilation.fields(compiled_before_warmup, compiled_before_timing, compiled_after_timing),
         **energy.fields(summary["output_tokens"], region_s),
+        **counts_fields(spec_counts),
         "batch_samples": [asdict(b) for b in batch_samples],
         "request_samples": [asdict(r) for r in request_samples],
     }

@@ -11,6 +11,7 @@ from engines.base import SamplingSpec
 from runner.config import BenchConfig, ConfigError, validate
 from runner.data import data_file_fingerprint, load_prompts, prompts_fingerprint
 from runner.models import preparation_requirements, tokenizer_source
+from runner.speculative import check_draft
 
 
 @dataclass
@@ -28,6 +29,11 @@ def _tokenizer(source: str, kwargs: tuple):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(source, **dict(kwargs))
+
+
+def _source_key(model, cache_dir) -> tuple[str, tuple]:
+    source, kwargs = tokenizer_source(model, cache_dir)
+    return source, tuple(sorted(kwargs.items()))
 
 
 @dataclass(frozen=True)
@@ -89,8 +95,8 @@ def plan(cfg: BenchConfig) -> Workload:
         return plan_serving(cfg)
     engine_cls = _engine_class(cfg)
     variant = engine_cls.model_variant(cfg.engine)
-    source, kwargs = tokenizer_source(cfg.model, cfg.cache_dir)
-    prompts = _prompts(cfg.dataset, source, tuple(sorted(kwargs.items())))
+    prompts = _prompts(cfg.dataset, *_source_key(cfg.model, cfg.cache_dir))
+    check_draft(cfg, lambda model: _tokenizer(*_source_key(model, cfg.cache_dir)))  # engine.speculative.draft
     sampling = SamplingSpec(
         max_new_tokens=cfg.generation.max_new_tokens,
         ignore_eos=cfg.generation.ignore_eos,

@@ -13,6 +13,7 @@ from runner.models import prepare
 from runner.plan import Workload
 from runner.quality import agreement_fields, on_cuda, reference_missing, wanted_reference
 from runner.session import EngineSession
+from runner.speculative import exactness_fields, plain_reference, prepare_draft
 
 
 def _failure_status(exc: BaseException) -> str:
@@ -40,11 +41,18 @@ def run_point(cfg: BenchConfig, work: Workload, run_dir: Path, overrides: list[s
             session = EngineSession(work.engine_cls(cfg.engine))
         elif session.loaded_path and on_cuda() and reference_missing(cfg, work.prompts, work.sampling):
             session.unload()  # the reference needs the GPU that a kept engine may have pre-allocated (vLLM: 90 %)
-        record["engine_reused"] = session.loaded_path == prepared.path  # load_s ~0: the model was already loaded
         reference = wanted_reference(cfg, work.prompts, work.sampling)  # cached; before any timing
+        # the same engine without speculation, made before the measured engine loads (a kept one is closed first)
+        spec_reference = plain_reference(cfg, work, prepared.path, make_room=session.unload)
+        # after any unload above: it hands the draft to the engine instance that will load
+        draft = prepare_draft(cfg, session.engine)  # engine.speculative.draft, converted once like the target
+        if draft is not None:
+            record.update(spec_draft_path=draft.path, spec_draft_prepare_s=draft.prepare_s)
+        record["engine_reused"] = session.loaded_path == prepared.path  # load_s ~0: the model was already loaded
         record.update(measure_run(cfg, work, session, prepared.path))
         heads = [r["output_head"] for r in record["request_samples"]]
         record.update(agreement_fields(work.sampling, reference, heads))
+        record.update(exactness_fields(cfg, spec_reference, heads))
         record["status"] = "ok"
     except Exception as exc:  # the run failed: keep it as a row with its error
         record["status"] = _failure_status(exc)

@@ -20,6 +20,7 @@ import pandas as pd
 from runner.experiments import experiment_table, experiments, time_split
 from runner.results import RAW_SAMPLE_COLUMNS, export, labelled, latest, load_results, speedup
 from runner.results import configuration  # noqa: F401  (moved to runner.results; imported from here by others)
+from runner.spec_report import COLUMNS as SPEC_COLUMNS, PLOT_CAPTIONS as SPEC_CAPTIONS, paired, spec_plots, spec_section
 
 # (column in the table, record field, decimals). Fields a record lacks are left out of the table, and so are
 # the OPTIONAL ones no run has a value for.
@@ -94,7 +95,7 @@ def table(df: pd.DataFrame, columns: list[tuple[str, str, int | None]] = COLUMNS
     return out.sort_values(order, kind="stable").reset_index(drop=True)
 
 
-DIGITS = {name: digits for name, _, digits in COLUMNS + LATENCY_COLUMNS if digits is not None}
+DIGITS = {name: digits for name, _, digits in COLUMNS + LATENCY_COLUMNS + SPEC_COLUMNS if digits is not None}
 
 
 def cell(column: str, value) -> str:
@@ -158,7 +159,7 @@ def report_markdown(df: pd.DataFrame, paths: list[str], superseded: int, baselin
         parts.append(serving_section(serving))
     if plots:
         parts.append("## Plots (successful runs only)")
-        captions = {**PLOT_CAPTIONS, "decode_rate.png": decode_rate_caption(df), PLOT_NAME: PLOT_CAPTION}
+        captions = {**PLOT_CAPTIONS, **SPEC_CAPTIONS, "decode_rate.png": decode_rate_caption(df), PLOT_NAME: PLOT_CAPTION}
         parts += [f"![{p.stem}]({p.name})\n\n{captions.get(p.name, '')}" for p in plots]
     parts += ["## Environment", environment(runs), "Full precision values, one row per run: `results.csv`."]
     return "\n\n".join(parts) + "\n"
@@ -185,7 +186,7 @@ def offline_sections(df: pd.DataFrame, baseline: str | None) -> list[str]:
         parts.append(f"`speed-up` = out tok/s divided by that of the baseline run (`{baseline}`) of the same "
                      "model, workload and batch size (`—` where the baseline did not run that workload).")
     parts += [markdown(table(df)), "## Latency percentiles (ms, per request; ITL pooled over every token gap)",
-              markdown(table(df, LATENCY_COLUMNS))]
+              markdown(table(df, LATENCY_COLUMNS)), *spec_section(df, markdown)]
     if (~ok).any():
         parts += ["## Failed runs", failures(df)]
     return parts
@@ -193,7 +194,7 @@ def offline_sections(df: pd.DataFrame, baseline: str | None) -> list[str]:
 
 def prepare(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     """The report's rows: the latest run of each configuration, labelled, sorted, with the speed-up column."""
-    rows = labelled(latest(df))
+    rows = paired(labelled(latest(df)))  # speculative rows get their speed-up (runner/spec_report.py)
     rows = rows.sort_values(["model_name", "workload", "configuration", "batch_size"], kind="stable")
     rows = rows.reset_index(drop=True)
     if baseline:
@@ -209,7 +210,7 @@ def write_report(rows: pd.DataFrame, out: Path, paths: list[str], superseded: in
 
     out.mkdir(parents=True, exist_ok=True)
     serving = serving if serving is not None else rows.iloc[0:0]
-    plots = (write_plots(rows, out) if not rows.empty else []) + serving_plots(serving, out)
+    plots = (write_plots(rows, out) + spec_plots(rows, out) if not rows.empty else []) + serving_plots(serving, out)
     report = out / "report.md"
     report.write_text(report_markdown(rows, paths, superseded, baseline, plots, serving), encoding="utf-8")
     # The records keep the raw samples and tracebacks; the report stays small enough to commit.

@@ -48,7 +48,7 @@ def load_results(paths_or_globs: Union[PathLike, Iterable[PathLike]] = "outputs/
 CONFIG_PREFIXES = ("engine_", "model_", "dataset_", "generation_", "measure_")
 # Columns under those prefixes that describe what happened on one run, not what was asked for: the first run
 # of a configuration converts the model (model_prepare_s > 0, no cache hit) and later ones do not.
-RUN_OUTCOME_COLUMNS = {"model_prepare_s", "model_cache_hit", "model_path", "engine_streams_tokens"}
+RUN_OUTCOME_COLUMNS = {"model_prepare_s", "model_cache_hit", "model_path", "engine_streams_tokens", "engine_reused"}
 # Raw per-batch and per-request samples: lists of dicts, too large for a summary table.
 RAW_SAMPLE_COLUMNS = ["batch_samples", "request_samples"]
 
@@ -108,6 +108,10 @@ def configuration(row: pd.Series) -> str:
             parts.append(value)
     if row.get("batching") == "sequential":
         parts.append("sequential")
+    method = row.get("engine_speculative_method")
+    if isinstance(method, str) and method != "none":  # speculative decoding: method[:draft] and tokens per step
+        draft = row.get("engine_speculative_draft") if method == "draft" else None
+        parts.append(f"{method}{f':{draft}' if isinstance(draft, str) else ''} k={row['engine_speculative_num_tokens']:.0f}")
     return " ".join(str(p) for p in parts if isinstance(p, str) and p)
 
 

@@ -36,8 +36,11 @@ class EngineSession:
         return self._logprobs[key]
 
     def unload(self) -> None:
-        """Close the engine and hold a fresh one of the same config: its device memory is free until the next
-        load (a worker makes room this way for a quality reference beside an engine that pre-allocates)."""
+        """Close the engine's model, if one is loaded, and hold a fresh engine of the same config: its device
+        memory is free until the next load (a worker makes room this way for a reference beside an engine that
+        pre-allocates, such as vLLM)."""
+        if self.loaded_path is None:
+            return
         self.close()
         self.engine = type(self.engine)(self.engine.config)
         self._logprobs.clear()

@@ -95,6 +95,21 @@ def ratio_ci(numerators: Sequence[float], denominators: Sequence[float], resampl
     return float(low), float(high)
 
 
+def ratio_of_means_ci(numerators: Sequence[float], denominators: Sequence[float],
+                      resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> tuple[float, float] | None:
+    """Interval of mean(numerators) / mean(denominators) for two independent samples (a configuration's tok/s
+    per repetition over its baseline's), each resampled on its own; None unless both have two or more."""
+    num, den = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
+    if num.size < 2 or den.size < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    values = (num[rng.integers(0, num.size, size=(resamples, num.size))].mean(axis=1)
+              / den[rng.integers(0, den.size, size=(resamples, den.size))].mean(axis=1))
+    tail = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def cv(samples: Sequence[float]) -> Optional[float]:
     """Coefficient of variation: sample standard deviation (ddof=1) over the mean; None below two samples."""
     data = np.asarray(samples, dtype=float)

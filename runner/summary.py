@@ -83,6 +83,11 @@ def print_summary(record: dict[str, Any], console: Console | None = None) -> Non
     ]
     if record.get("batch_size_note"):
         rows.insert(0, ("batch size", str(record["batch_size_note"])))
+    if "spec_verify_steps" in record:  # engine.speculative: the counts and exactness (runner/speculative.py)
+        exact = {True: "exact", False: "NOT EXACT", None: "not checked"}[record.get("spec_exact")]
+        rows.append(("speculative acceptance / accepted per step",
+                     f"{_pct(record['spec_acceptance_rate'])} / {_fmt(record['spec_accepted_tokens_per_step_mean'], 2)}"
+                     f" ({record['spec_verify_steps']} steps; {exact})"))
     for name, value in rows:
         table.add_row(escape(name), escape(value))
     console.print(table)

@@ -90,3 +90,37 @@ def test_worker_sweep_of_every_gpu_engine(run_cli, tmp_path):
     # vLLM's batch-4 point made room for its new reference (a reload); by then later engines find them cached
     assert reused[0] == [False, False, True, True]
     assert all(flags == [False, True, True, True] for flags in reused[1:]), reused
+
+
+@pytest.mark.parametrize("name, method", [("hf", "prompt_lookup"), ("hf", "draft"), ("llamacpp", "prompt_lookup"),
+                                          ("vllm", "prompt_lookup"), ("vllm", "draft")])
+def test_speculative_decoding_on_the_gpu(name, method, cache_dir, tokenizer):
+    """Each engine with and without speculation (one after another), SmolLM2 as its own draft: the counts come
+    from the engine, and the greedy output agrees (printed: float16 verification of several tokens at once may
+    round differently from one token at a time, which is what the runner's spec_exact flags)."""
+    from dataclasses import replace
+
+    import engines
+    from engines.speculative import SpeculativeConfig, SpecMethod
+
+    cls = get_engine_class(name)
+    base = replace(engines.config_class(name)(), **({"dtype": DType.float16} if name == "hf" else {}),
+                   **({"gpu_memory_utilization": 0.4} if name == "vllm" else {}))
+    path = prepare(smollm2_spec(), cls.model_format, cache_dir).path
+    prompts = [chat_ids(tokenizer, "Repeat this sentence exactly: 'The quick brown fox jumps over the lazy dog.'"),
+               chat_ids(tokenizer, "Correct the spelling: 'The quik brown fox jumpd over the lazy dog.'")]
+    outputs = {}
+    for spec in (SpeculativeConfig(), SpeculativeConfig(method=SpecMethod(method), draft="smollm2-135m")):
+        engine = cls(replace(base, speculative=spec))
+        engine.use_draft(prepare(smollm2_spec(), "hf", cache_dir).path)
+        engine.load(path)
+        try:
+            outputs[spec.method.value] = [g.token_ids for g in engine.generate(prompts, SamplingSpec(24, False, 0.0))]
+            counts = engine.take_spec_counts()
+        finally:
+            engine.close()
+    assert counts.drafts > 0 and counts.drafted_tokens >= counts.accepted_tokens > 0
+    same = sum(a == b for x, y in zip(outputs["none"], outputs[method]) for a, b in zip(x, y))
+    print(f"{name} {method}: acceptance {counts.accepted_tokens / counts.drafted_tokens:.3f}, greedy agreement "
+          f"{same}/{sum(map(len, outputs['none']))}")
+    assert same >= 0.9 * sum(map(len, outputs["none"]))

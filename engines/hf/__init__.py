@@ -6,16 +6,20 @@ the adapter is ``engines.hf.engine`` (it imports torch and transformers).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from engines.base import ConfigError, Device, DType, EngineConfig, Requirement
+from engines.speculative import SpeculativeConfig
 
 ADAPTER = "engines.hf.engine:HFEngine"
 BITSANDBYTES = Requirement("bitsandbytes", "pip install -e '.[bnb]'")
 # torch.compile modes for the decode step (reduce-overhead adds CUDA graphs on a GPU); strings, not an Enum:
 # OmegaConf matches Enum names, and these have hyphens
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# generate's assisted decoding: prompt_lookup_num_tokens, or assistant_model (a draft model); batch 1 only in
+# transformers, so a larger batch runs its prompts one after another (the record says batching=sequential)
+SPECULATIVE_METHODS = ("prompt_lookup", "draft")
 
 
 class AttnImplementation(str, Enum):
@@ -57,6 +61,7 @@ class HFEngineConfig(EngineConfig):
     cache_implementation: HFCacheImplementation = HFCacheImplementation.dynamic
     compile: bool = False  # torch.compile the decode step (needs a static cache)
     compile_mode: str = "reduce-overhead"  # one of COMPILE_MODES
+    speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)  # engines/speculative.py
 
     def validate(self) -> None:
         super().validate()
@@ -66,6 +71,10 @@ class HFEngineConfig(EngineConfig):
         if self.compile and "static" not in self.cache_implementation.value:
             raise ConfigError(f"engine.compile=true: needs engine.cache_implementation=static or offloaded_static "
                               f"(a {self.cache_implementation.value} cache changes shape every step)")
+        self.speculative.validate(self.name, SPECULATIVE_METHODS)
+        if self.speculative.on and (not self.use_cache or self.cache_implementation.value != "dynamic"):
+            raise ConfigError(f"engine.speculative.method={self.speculative.method.value}: transformers' assisted "
+                              "decoding needs engine.use_cache=true and engine.cache_implementation=dynamic")
 
 
 CONFIG = HFEngineConfig

