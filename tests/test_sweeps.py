@@ -101,8 +101,9 @@ def test_worker_figures_equal_isolated_ones(tmp_path, cache_dir):
 
 
 def test_run_past_timeout_is_killed_and_recorded(tmp_path, cache_dir):
-    """timeout_s=2: the child (still starting, or loading) is killed with its process group; a timeout row."""
-    proc = run_runner(tmp_path, cache_dir, "timeout_s=2", *TINY)
+    """timeout_s=2: the child (loading, or generating 200 tokens: longer than 2 s, though its imports overlapped
+    the planning) is killed with its process group; a timeout row."""
+    proc = run_runner(tmp_path, cache_dir, "timeout_s=2", *TINY, "generation.max_new_tokens=200")
     assert proc.returncode == 1, proc.stderr[-3000:]
     row = _records(tmp_path / "outputs").iloc[0]
     assert row.status == "timeout" and "timeout_s=2" in row.error
