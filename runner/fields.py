@@ -125,7 +125,8 @@ RECORD_FIELDS = (
           'peak of the summed RSS of this process and all its children (psutil, sampled), from model load'
           ' on'),
     Field('`device_peak_used_mib`, `device_memory_note`',
-          'NVML used memory of the whole device(s), peak minus the reading before load; the note says why'
+          'NVML used memory of the whole device(s), peak minus the reading before load (a kept worker engine: '
+          'before its first load); the note says why'
           ' it is empty (no GPU). Device-wide: memory another process frees or takes meanwhile moves it, '
           'so prefer the next field where NVML gives it'),
     Field('`device_peak_process_mib`, `device_process_memory_note`',

@@ -145,9 +145,14 @@ def _warmup_sampling(cfg: "BenchConfig", sampling: SamplingSpec, engine: Engine,
 
 def measure_run(cfg: "BenchConfig", work: "Workload", session: "EngineSession", model_path: str) -> dict[str, Any]:
     """Load the model, warm up, time every batch; the measured fields of the record. ``session.warm`` (an earlier
-    point ran this engine) keeps the allocator's cache and allows a short warm-up (_warmup_sampling)."""
+    point ran this engine) keeps the allocator's cache and the device baseline, and may allow a short warm-up
+    (_warmup_sampling)."""
     engine = session.engine
-    host, sampler, energy = HostPeak(), MemorySampler(cfg.measure.memory_sample_hz), EnergyMeter()
+    # A kept engine's memory is already in use when its point starts: its device peak counts from the reading
+    # before the engine was loaded, as a fresh engine's does.
+    baseline = session.device_baseline_bytes if session.warm else None
+    sampler = MemorySampler(cfg.measure.memory_sample_hz, baseline_bytes=baseline)
+    host, energy = HostPeak(), EnergyMeter()
     if not session.warm:
         # A fresh engine: an honest NVML baseline. Not for one a worker keeps: its allocator would have to
         # grow again inside the timed region after a short warm-up (eager HF: 0.69x of its own loop on an H200)
@@ -182,6 +187,7 @@ def measure_run(cfg: "BenchConfig", work: "Workload", session: "EngineSession", 
         spec_counts = engine.take_spec_counts()  # the measured region's, read after it (vLLM: a metrics call)
     finally:
         sampler.stop()
+    session.device_baseline_bytes = sampler.baseline_bytes
     summary = flatten(summarize(batch_samples, request_samples))
     weights = engine.weights_bytes()
     record = {

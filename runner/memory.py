@@ -28,6 +28,7 @@ import psutil
 
 MIB = 2**20
 CHILDREN_REFRESH_S = 0.5
+BASELINE_KEY = "_device_baseline_bytes"  # from the sampler process to MemorySampler, not a record field
 
 
 def _read_vm_hwm_kib() -> Optional[int]:
@@ -91,13 +92,14 @@ class _Readings:
     """What the sampler process reads: RSS summed over a process tree, NVML used memory of the visible GPUs
     (and the part NVML attributes to the tree's processes), each kept at its peak."""
 
-    def __init__(self, root: int, exclude: int):
+    def __init__(self, root: int, exclude: int, baseline_bytes: Optional[int] = None):
         self._nvml, self._handles, self.device_note = nvml()
         self.process_note: Optional[str] = self.device_note
         self._root, self._exclude = psutil.Process(root), exclude
         self._tree: list[psutil.Process] = [self._root]
         self._tree_refreshed = 0.0
-        self.baseline_bytes = self.peak_device_bytes = self._device_used() if self._handles else 0
+        self.peak_device_bytes = self._device_used() if self._handles else 0
+        self.baseline_bytes = self.peak_device_bytes if baseline_bytes is None else baseline_bytes
         self.peak_process_bytes: Optional[int] = None
         self.peak_tree_rss_bytes = 0
         self.samples = 0
@@ -158,14 +160,15 @@ class _Readings:
             "device_process_memory_note": self.process_note if self.peak_process_bytes is None else None,
             "memory_samples": self.samples,
             "memory_sample_hz_achieved": self.samples / elapsed_s if elapsed_s > 0 else None,
+            BASELINE_KEY: self.baseline_bytes,
         }
 
 
-def _sample_until_stopped(root: int, hz: float) -> None:
+def _sample_until_stopped(root: int, hz: float, baseline_bytes: Optional[int]) -> None:
     """The sampler process: sample the tree of ``root`` at ``hz`` until a line arrives on stdin (or it closes),
     then print the fields as one JSON line. A fixed schedule (deadline += interval) so the time a sample takes
     does not lower the rate; after a stall it skips ahead instead of bursting to catch up."""
-    readings = _Readings(root, exclude=os.getpid())
+    readings = _Readings(root, exclude=os.getpid(), baseline_bytes=baseline_bytes)
     started = time.monotonic()
     readings.sample()
     print("ready", flush=True)
@@ -187,13 +190,16 @@ class MemorySampler:
     process is a child of the run (it dies with it) and leaves itself out of the tree it measures.
     """
 
-    def __init__(self, hz: float, root: Optional[int] = None):
-        self.hz, self.root = hz, root or os.getpid()
+    def __init__(self, hz: float, root: Optional[int] = None, baseline_bytes: Optional[int] = None):
+        """``baseline_bytes``: the device memory in use before this run's engine was loaded, when the engine was
+        loaded by an earlier run (a worker keeps it); by default the reading when sampling starts."""
+        self.hz, self.root, self.baseline_bytes = hz, root or os.getpid(), baseline_bytes
         self._proc: Optional[subprocess.Popen] = None
         self._fields: dict[str, Any] = {}
 
     def start(self) -> None:
-        self._proc = subprocess.Popen([sys.executable, "-m", "runner.memory", str(self.root), str(self.hz)],
+        baseline = "" if self.baseline_bytes is None else str(self.baseline_bytes)
+        self._proc = subprocess.Popen([sys.executable, "-m", "runner.memory", str(self.root), str(self.hz), baseline],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         ready = self._proc.stdout.readline().strip()
         if ready != "ready":
@@ -206,6 +212,7 @@ class MemorySampler:
         self._proc.stdin.write("stop\n")
         self._proc.stdin.flush()
         self._fields = json.loads(self._proc.stdout.readline())
+        self.baseline_bytes = self._fields.pop(BASELINE_KEY)
         self._proc.wait()
 
     def fields(self) -> dict[str, Any]:
@@ -225,4 +232,4 @@ def release_cached_device_memory() -> None:
 
 
 if __name__ == "__main__":  # the sampler process of MemorySampler
-    _sample_until_stopped(int(sys.argv[1]), float(sys.argv[2]))
+    _sample_until_stopped(int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]) if sys.argv[3:] and sys.argv[3] else None)

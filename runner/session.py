@@ -2,7 +2,7 @@
 
 A fresh process makes one per point. A worker (isolation=worker) keeps one across the points of a grid, so a
 point after the first finds the model loaded (``load`` of the same path does nothing) and ``warm`` set: the
-measurement then keeps the allocator's cache and may warm up with a few tokens (runner.measure.measure_run).
+measurement then keeps the allocator's cache and the device baseline (runner.measure.measure_run).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ class EngineSession:
     engine: Engine
     loaded_path: Optional[str] = None
     warm: bool = False  # an earlier point ran this engine to completion
+    # NVML's device memory in use before this engine was loaded: a warm engine's points count from it too
+    device_baseline_bytes: Optional[int] = None
     _logprobs: dict[tuple, list[list[float]]] = field(default_factory=dict)
 
     def load(self, model_path: str) -> None:

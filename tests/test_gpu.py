@@ -90,6 +90,9 @@ def test_worker_sweep_of_every_gpu_engine(run_cli, tmp_path):
     # vLLM's batch-4 point made room for its new reference (a reload); by then later engines find them cached
     assert reused[0] == [False, False, True, True]
     assert all(flags == [False, True, True, True] for flags in reused[1:]), reused
+    # a kept engine's device peak counts from before its load, as a fresh one's: its weights are in it
+    kept = rows[rows.engine_reused]
+    assert (kept.device_peak_used_mib >= 0.9 * kept.weights_mib).all(), kept[["engine_name", "device_peak_used_mib"]]
 
 
 @pytest.mark.parametrize("name, method", [("hf", "prompt_lookup"), ("hf", "draft"), ("llamacpp", "prompt_lookup"),
