@@ -14,13 +14,16 @@
 #   seed-grid the whole +experiment=seed_engines preset (32 points, isolation=worker) in one sweep; the call
 #             stops it cleanly with SIGINT after SEED_GRID_S seconds (default 540) and the next call's same
 #             stage resumes it (finished points are skipped). SEED_EXTRA: more overrides
+#   seed-grid-restore  put a grid's records packed by an earlier window (.devwheels/seed-grid-records.tar.gz)
+#             back into the sweep dir, so seed-grid resumes a grid begun on another machine
 #   repeat    the seed's llama.cpp batch-16 point again (resume=false): its tok/s against the first run's CI
 #   serving   vLLM's OpenAI server on the Llama-2-7B shape, open-loop Poisson load at 4 / 16 / inf req/s,
 #             ShareGPT prompts, 200 tokens forced, SLOs TTFT 1 s and TPOT 50 ms for goodput
 #   speculative  issue 19: vLLM n-gram and draft model on SmolLM2 (real weights) at batch 1/4/16, HF prompt
 #             lookup and assisted generation (draft model) at batch 1/4, against the same points without them:
 #             ShareGPT edit requests (conf/experiment/speculative.yaml), EOS allowed, 128 tokens, 3 repetitions
-#   exl2-build  compile ExLlamaV2's CUDA extension (JIT, ~2 min; cached while the machine stays warm)
+#   exl2-build  compile ExLlamaV2's CUDA extension (JIT, ~2.5 min; cached while the machine stays warm) and put
+#             the built module into $OUT: carried back as .devwheels/exllamav2_ext.so, install uses it instead
 #   ablation  what slowed the runner's HF figure (scripts/hf_timing_ablation.py), Llama-2-7B shapes, batch 1/16
 #   fidelity-CONFIGS  scripts/fidelity.py for comma-separated configurations (hf,hf_static,vllm,...) at
 #             batch 1/16 (FID_BATCHES), 3 rounds: the runner's figure against each engine's own loop
@@ -70,6 +73,8 @@ for stage in "$@"; do
       for tarball in .devwheels/llama-cpp-python-0.3.36-cuda13-sm90.tar.xz /tmp/llama-cpp-python-0.3.36-cuda13-sm90.tar.xz; do
         if [ -f $tarball ]; then tar -xJf $tarball -C /tmp/site || exit 1; break; fi; done
       if [ -d .devwheels/cache ]; then mkdir -p "$LLM_BENCH_CACHE" && cp -r .devwheels/cache/. "$LLM_BENCH_CACHE/"; fi
+      # ExLlamaV2's CUDA extension as an earlier exl2-build packed it: imported as a prebuilt module, no JIT build
+      if [ -f .devwheels/exllamav2_ext.so ]; then cp .devwheels/exllamav2_ext.so /tmp/site/; fi
       nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
       python3 -m pip list --path /tmp/site 2>/dev/null | grep -iE "^(vllm|exllamav2|llama.cpp|ctranslate2|bitsandbytes|hydra-core) " ;;
     tests)
@@ -103,7 +108,16 @@ for stage in "$@"; do
       COMMON="model=llama2-7b-random dataset=synthetic dataset.input_len=128 dataset.limit=\${batch_size} generation.max_new_tokens=200 measure.repetitions=3 measure.target_rel_ci=0.03 measure.max_repetitions=12"
       sweep hf-static-cv engine=hf engine.cache_implementation=static engine.compile=true batch_size=1,16 ;;
     exl2-build)
-      TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 -c "import exllamav2, exllamav2.ext; print('exllamav2', exllamav2.__version__)" 2>&1 | tail -n 3 ;;
+      TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 -c "import exllamav2, exllamav2.ext; print('exllamav2', exllamav2.__version__)" 2>&1 | tail -n 3
+      # The built module into $OUT: kept here as .devwheels/exllamav2_ext.so, the install stage puts it on the path
+      # of the next machine (same image: torch 2.11, CUDA 13, sm_90), which then skips this ~2.5-minute build.
+      built=$(python3 -c "from torch.utils.cpp_extension import _get_build_directory as d; print(d('exllamav2_ext', False))")/exllamav2_ext.so
+      if [ -f "$built" ]; then cp "$built" "$OUT/"; ls -la "$OUT/exllamav2_ext.so"; fi ;;
+    seed-grid-restore)
+      # A grid split over two device windows: the records an earlier window packed (carried back as
+      # .devwheels/seed-grid-records.tar.gz; same code, or the finished points would mix two versions) go back
+      # into the sweep dir, and seed-grid then skips them.
+      mkdir -p "$RUNS" && tar -xzf .devwheels/seed-grid-records.tar.gz -C "$RUNS" ./seed-grid && ls "$RUNS/seed-grid" | wc -l ;;
     seed-grid)
       echo "== python -m runner -m +experiment=seed_engines ${SEED_EXTRA:-}"
       timeout --signal=INT "${SEED_GRID_S:-540}" python -m runner -m hydra.sweep.dir="$RUNS/seed-grid" \
