@@ -118,7 +118,7 @@ RECORD_FIELDS = (
     Field('`steady_state`, `steady_state_note`',
           "False when the second half of the repetitions' tok/s differs from the first half by more than "
           'the width of the 95 % bootstrap interval of their mean (drift: warming, throttling, a '
-          'neighbour); empty below 3 repetitions'),
+          'neighbour); empty below 5 repetitions (with 3 or 4 the check cannot fail), the note says so'),
     Field('`host_peak_rss_mib`, `host_peak_rss_method`',
           'peak resident memory of the process from model load on (kernel `VmHWM`, reset at load)'),
     Field('`host_peak_rss_tree_mib`',
