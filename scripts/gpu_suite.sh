@@ -117,7 +117,9 @@ for stage in "$@"; do
       # A grid split over two device windows: the records an earlier window packed (carried back as
       # .devwheels/seed-grid-records.tar.gz; same code, or the finished points would mix two versions) go back
       # into the sweep dir, and seed-grid then skips them.
-      mkdir -p "$RUNS" && tar -xzf .devwheels/seed-grid-records.tar.gz -C "$RUNS" ./seed-grid && ls "$RUNS/seed-grid" | wc -l ;;
+      # --skip-old-files: a record already in the sweep dir (this window's) is never overwritten by the carried one
+      mkdir -p "$RUNS" && tar -xzf .devwheels/seed-grid-records.tar.gz --skip-old-files -C "$RUNS" ./seed-grid \
+        && ls "$RUNS/seed-grid" | wc -l ;;
     seed-grid)
       echo "== python -m runner -m +experiment=seed_engines ${SEED_EXTRA:-}"
       timeout --signal=INT "${SEED_GRID_S:-540}" python -m runner -m hydra.sweep.dir="$RUNS/seed-grid" \
