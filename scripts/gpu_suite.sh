@@ -23,7 +23,7 @@
 #             lookup and assisted generation (draft model) at batch 1/4, against the same points without them:
 #             ShareGPT edit requests (conf/experiment/speculative.yaml), EOS allowed, 128 tokens, 3 repetitions
 #   exl2-build  compile ExLlamaV2's CUDA extension (JIT, ~2.5 min; cached while the machine stays warm) and put
-#             the built module into $OUT: carried back as .devwheels/exllamav2_ext.so, install uses it instead
+#             the built module into $OUT: carried back as .devwheels/exllamav2_ext.so.xz.NN, install uses it instead
 #   ablation  what slowed the runner's HF figure (scripts/hf_timing_ablation.py), Llama-2-7B shapes, batch 1/16
 #   fidelity-CONFIGS  scripts/fidelity.py for comma-separated configurations (hf,hf_static,vllm,...) at
 #             batch 1/16 (FID_BATCHES), 3 rounds: the runner's figure against each engine's own loop
@@ -74,7 +74,8 @@ for stage in "$@"; do
         if [ -f $tarball ]; then tar -xJf $tarball -C /tmp/site || exit 1; break; fi; done
       if [ -d .devwheels/cache ]; then mkdir -p "$LLM_BENCH_CACHE" && cp -r .devwheels/cache/. "$LLM_BENCH_CACHE/"; fi
       # ExLlamaV2's CUDA extension as an earlier exl2-build packed it: imported as a prebuilt module, no JIT build
-      if [ -f .devwheels/exllamav2_ext.so ]; then cp .devwheels/exllamav2_ext.so /tmp/site/; fi
+      # (xz-compressed and split: a file coming back from the device is at most 16 MiB)
+      if ls .devwheels/exllamav2_ext.so.xz.* >/dev/null 2>&1; then cat .devwheels/exllamav2_ext.so.xz.* | xz -d > /tmp/site/exllamav2_ext.so; fi
       nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
       python3 -m pip list --path /tmp/site 2>/dev/null | grep -iE "^(vllm|exllamav2|llama.cpp|ctranslate2|bitsandbytes|hydra-core) " ;;
     tests)
@@ -109,10 +110,10 @@ for stage in "$@"; do
       sweep hf-static-cv engine=hf engine.cache_implementation=static engine.compile=true batch_size=1,16 ;;
     exl2-build)
       TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 -c "import exllamav2, exllamav2.ext; print('exllamav2', exllamav2.__version__)" 2>&1 | tail -n 3
-      # The built module into $OUT: kept here as .devwheels/exllamav2_ext.so, the install stage puts it on the path
+      # The built module into $OUT (xz parts of 15 MiB): kept here as .devwheels/exllamav2_ext.so.xz.NN, the install stage puts it on the path
       # of the next machine (same image: torch 2.11, CUDA 13, sm_90), which then skips this ~2.5-minute build.
       built=$(python3 -c "from torch.utils.cpp_extension import _get_build_directory as d; print(d('exllamav2_ext', False))")/exllamav2_ext.so
-      if [ -f "$built" ]; then cp "$built" "$OUT/"; ls -la "$OUT/exllamav2_ext.so"; fi ;;
+      if [ -f "$built" ]; then xz -T0 -c "$built" | split -b 15M -d - "$OUT/exllamav2_ext.so.xz."; ls -la "$OUT"/exllamav2_ext.so.xz.*; fi ;;
     seed-grid-restore)
       # A grid split over two device windows: the records an earlier window packed (carried back as
       # .devwheels/seed-grid-records.tar.gz; same code, or the finished points would mix two versions) go back
