@@ -28,7 +28,9 @@
 #   fidelity-CONFIGS  scripts/fidelity.py for comma-separated configurations (hf,hf_static,vllm,...) at
 #             batch 1/16 (FID_BATCHES), 3 rounds: the runner's figure against each engine's own loop
 #             (FID_EXTRA: more runner overrides, e.g. engine.compute_type=float16 for ctranslate2; FID_ROUNDS;
-#             FID_ARGS: more script arguments, e.g. --bare-loop ctranslate2_stamped; FID_TAG: a file-name suffix)
+#             FID_ARGS: more script arguments, e.g. --bare-loop ctranslate2_stamped; FID_TAG: a file-name suffix;
+#             FID_PIN: CPUs to pin both sides to, e.g. 2-3: is a host-bound engine's round-to-round spread the
+#             scheduler moving the Python thread?)
 #   hf-static-cv  the compiled HF mode from the CLI (fresh process), batch 1 and 16, 200 tokens, with the
 #             stopping rule on: repetitions until the 95 % interval is within ±3 % (at most 12)
 #   pack      tables and records of every run so far into $OUT (end each call with it: $OUT is emptied)
@@ -102,7 +104,7 @@ for stage in "$@"; do
     fidelity-*)
       configs=${stage#fidelity-}
       name=fidelity-${configs//,/_}${FID_TAG:-}
-      python scripts/fidelity.py --engines "$configs" --batch-sizes "${FID_BATCHES:-1,16}" --rounds "${FID_ROUNDS:-3}" \
+      ${FID_PIN:+taskset -c $FID_PIN} python scripts/fidelity.py --engines "$configs" --batch-sizes "${FID_BATCHES:-1,16}" --rounds "${FID_ROUNDS:-3}" \
         --out "$OUT/$name" ${FID_ARGS:-} $FIDELITY_WORKLOAD ${FID_EXTRA:-} 2>&1 | grep --line-buffered -vE "it/s\]|s/it\]|batch/s\]" \
         | tee "$OUT/$name.log" | tail -n 30 ;;
     hf-static-cv)
