@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import psutil
 import pytest
@@ -97,9 +98,29 @@ def test_close_leaves_no_child_process(vllm_engine):
     """Last of the module engine's tests (file order): it closes the shared engine, so no extra start-up."""
     children = list(vllm_engine._child_pids)
     assert children  # the engine core runs in a child process
+    started = time.monotonic()
     vllm_engine.close()
+    assert time.monotonic() - started < 20  # ~5 s; it once waited 30 s on multiprocessing's resource tracker
     assert not [pid for pid in children if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
     vllm_engine.close()  # a second close (the fixture's) does nothing
+
+
+def test_multiprocessings_helpers_are_not_the_engines_children():
+    """The resource tracker serves the whole process: close() must neither wait for it nor kill it."""
+    import multiprocessing.resource_tracker
+    import subprocess
+
+    from engines.vllm.engine import _process_helper
+
+    multiprocessing.resource_tracker.ensure_running()
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        helpers = {p.pid: _process_helper(p) for p in psutil.Process().children()}
+        assert helpers[sleeper.pid] is False
+        assert [pid for pid, helper in helpers.items() if helper]  # the tracker, found by its command line
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 @pytest.mark.slow

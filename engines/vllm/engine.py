@@ -59,7 +59,8 @@ class VLLMEngine(Engine):
         self.model_path = model_path
         children_before = {p.pid for p in psutil.Process().children(recursive=True)}
         self.llm = vllm.LLM(model=model_path, **self._llm_kwargs(model_path))
-        self._child_pids = {p.pid for p in psutil.Process().children(recursive=True)} - children_before
+        self._child_pids = {p.pid for p in psutil.Process().children(recursive=True)
+                            if not _process_helper(p)} - children_before
         self._request_ids = itertools.count()
         self.resolved = self._resolved(vllm.__version__)
         self._spec_totals = totals(self.llm.get_metrics()) if self.config.speculative.on else None
@@ -204,6 +205,18 @@ class VLLMEngine(Engine):
         for proc in alive:  # only ours, by pid: shutdown did not end them in time
             proc.kill()
         psutil.wait_procs(alive, timeout=5)
+
+
+def _process_helper(proc) -> bool:
+    """multiprocessing's resource tracker (or fork server): started by the first spawn, which may be vLLM's, but
+    it serves the whole process and lives as long as it does. Waiting for it to end cost every close 30 s."""
+    import psutil
+
+    try:
+        return any("multiprocessing.resource_tracker" in arg or "multiprocessing.forkserver" in arg
+                   for arg in proc.cmdline())
+    except psutil.Error:
+        return False
 
 
 def _kv_block_bytes(vcfg: Any, kv_dtype: str) -> Optional[int]:
