@@ -157,6 +157,25 @@ def _is_server(proc: psutil.Process) -> bool:
         return False
 
 
+def test_a_server_that_died_says_so_with_its_exit_code(tmp_path):
+    """A request to a dead server only says "Cannot connect"; the run's error adds the exit code and log tail."""
+    from runner.serving.server import ServerProcess, ServerStartError
+
+    crashing = ServerProcess([sys.executable, "-c", "import sys; print('bad model file'); sys.exit(3)"],
+                             dict(os.environ), tmp_path / "crash.log", "http://127.0.0.1:9")
+    with pytest.raises(ServerStartError):
+        crashing.start(timeout_s=30)
+    assert crashing.exit_note().startswith(" (the server exited with code 3; log tail: bad model file")
+    alive = ServerProcess(["sleep", "30"], dict(os.environ), tmp_path / "alive.log", "http://127.0.0.1:9")
+    alive.popen = subprocess.Popen(alive.command)
+    try:
+        assert alive.exit_note() == ""  # running: nothing to add to a request's own error
+    finally:
+        alive.popen.kill()
+        alive.popen.wait()
+    assert "exited with code -9" in alive.exit_note()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_run_leaves_no_server(tmp_path, cache_dir, sig):
     env = {**os.environ, "LLM_BENCH_CACHE": cache_dir, "PYTHONPATH": str(ROOT)}

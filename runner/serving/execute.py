@@ -54,7 +54,7 @@ def execute(cfg: BenchConfig, work: ServingWorkload, run_dir: Path, record: dict
                                               [0.0] * len(work.warmup_prompts), 1, cfg.serving.time_limit_s, auth))
             failed = [r.error for r in warm if not r.ok]
             if failed:
-                raise RuntimeError(f"warm-up request failed: {failed[0]}")
+                raise RuntimeError(f"warm-up request failed: {failed[0]}{server.exit_note() if server else ''}")
         serving = cfg.serving
         send_at = send_times_s(len(work.prompts), serving.request_rate, serving.burstiness, serving.seed,
                                serving.ramp, serving.ramp_start_rate, serving.schedule)
@@ -75,7 +75,8 @@ def execute(cfg: BenchConfig, work: ServingWorkload, run_dir: Path, record: dict
         errors = sorted({r.error for r in results if not r.ok})
         record["request_errors"] = errors[:5]
         if record["completed_requests"] == 0:
-            raise RuntimeError(f"every request failed: {errors[0] if errors else 'unknown'}")
+            raise RuntimeError(f"every request failed: {errors[0] if errors else 'unknown'}"
+                               f"{server.exit_note() if server else ''}")
         record["status"] = "ok"
     except Exception as exc:
         record["status"] = "oom" if "out of memory" in str(exc).lower() else "error"

@@ -121,6 +121,12 @@ class ServerProcess:
     def pid(self) -> Optional[int]:
         return self.popen.pid if self.popen else None
 
+    def exit_note(self) -> str:
+        """What a failed request cannot say ("Cannot connect"): the server died, with its exit code and log tail."""
+        if self.popen is None or self.popen.poll() is None:
+            return ""
+        return f" (the server exited with code {self.popen.returncode}; log tail: {self.log_tail(300)})"
+
     def log_tail(self, chars: int = 800) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
