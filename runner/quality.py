@@ -14,7 +14,7 @@ import json
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import engines
 from engines.base import SamplingSpec
@@ -63,17 +63,24 @@ def on_cuda() -> bool:
 
 def reference_outputs(cfg: BenchConfig, prompts: list[list[int]], sampling: SamplingSpec) -> dict:
     """{"reference": what produced it, "outputs": its first tokens per prompt}, cached on disk by model,
-    prompts and settings. On a GPU it is computed in a child process of its own, so that the memory it took is
-    the driver's again when the child exits, whatever the reference engine's allocator keeps (a worker that
-    keeps an engine loaded would otherwise hold a second copy of the weights beside it)."""
-    path = _reference_path(cfg, prompts, sampling)
+    prompts and settings."""
+    return cached_in_own_process(_reference_path(cfg, prompts, sampling), _generate_reference, cfg, prompts, sampling)
+
+
+def cached_in_own_process(path: Path, generate: Callable[..., dict], *args: Any) -> dict:
+    """The JSON cached at ``path``, else ``generate(*args)`` (a reference engine's outputs), written there.
+
+    On a GPU ``generate`` runs in a child process of its own, so that the memory it took is the driver's again
+    when the child exits, whatever the reference engine's allocator keeps (a worker that keeps an engine loaded
+    would otherwise hold a second copy of the weights beside it). On the CPU it runs here: host memory is freed
+    when the engine is closed, and a child would cost CI a torch import per reference."""
     if path.is_file():
         return json.loads(path.read_text())
     if on_cuda():
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            result = pool.submit(_generate_reference, cfg, prompts, sampling).result()
-    else:  # host memory: freed when the engine is closed; a child would cost CI a torch import per reference
-        result = _generate_reference(cfg, prompts, sampling)
+            result = pool.submit(generate, *args).result()
+    else:
+        result = generate(*args)
     write_json_atomic(path, result)
     return result
 

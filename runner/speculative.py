@@ -23,8 +23,8 @@ from engines.speculative import SpecCounts, SpeculativeConfig
 from runner.cache import cache_root
 from runner.config import BenchConfig, ConfigError, ModelConfig
 from runner.models import PreparedModel, prepare
-from runner.quality import AGREEMENT_TOKENS, agreement
-from runner.records import flatten, write_json_atomic
+from runner.quality import AGREEMENT_TOKENS, agreement, cached_in_own_process
+from runner.records import flatten
 
 MODEL_CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
 
@@ -87,18 +87,22 @@ def plain_reference(cfg: BenchConfig, work: Any, model_path: str, make_room: Cal
     if path.is_file():
         return json.loads(path.read_text())
     make_room()
+    return cached_in_own_process(path, _plain_outputs, engine_cls, plain, model_path, prompts, spec, batch, n)
+
+
+def _plain_outputs(engine_cls: type, plain: Any, model_path: str, prompts: list[list[int]], spec: SamplingSpec,
+                   batch: int, n: int) -> dict:
+    """The engine without speculation, greedy, ``batch`` prompts at a time: its outputs on the first ``n``."""
     engine = engine_cls(plain)
     engine.load(model_path)
     try:
         outputs = [g.token_ids for i in range(0, len(prompts), batch)
                    for g in engine.generate(prompts[i:i + batch], spec)]
-        described = f"{cfg.engine.name} {engine.resolved.get('dtype')} {engine.resolved.get('device')} batch {batch}, " \
+        described = f"{plain.name} {engine.resolved.get('dtype')} {engine.resolved.get('device')} batch {batch}, " \
                     "engine.speculative.method=none"
     finally:
         engine.close()
-    result = {"reference": described, "outputs": outputs[:n]}
-    write_json_atomic(path, result)
-    return result
+    return {"reference": described, "outputs": outputs[:n]}
 
 
 def counts_fields(counts: Optional[SpecCounts]) -> dict[str, Any]:

@@ -202,6 +202,33 @@ def test_a_method_the_engine_lacks_and_a_draft_of_another_tokenizer_are_refused(
         validate(served)
 
 
+def test_the_plain_reference_made_in_a_child_process_equals_the_one_made_here(tmp_path, cache_dir, monkeypatch):
+    """On a GPU the same engine without speculation runs in a child process of its own (the memory it took goes
+    back to the driver when it exits: runner.quality.cached_in_own_process). Forced here on the CPU, the child
+    must give what this process gives."""
+    import runner.quality
+    import runner.speculative
+    from engines.hf import HFEngineConfig
+    from runner.config import BenchConfig, GenerationConfig, SyntheticConfig
+    from runner.models import prepare
+    from runner.plan import plan
+    from tests.helpers import smollm2_spec
+
+    cfg = BenchConfig(engine=HFEngineConfig(speculative=spec("prompt_lookup")), model=smollm2_spec(),
+                      dataset=SyntheticConfig(limit=2, input_len=16), generation=GenerationConfig(max_new_tokens=8),
+                      cache_dir=cache_dir)
+    work = plan(cfg)
+    model_path = prepare(cfg.model, "hf", cache_dir).path
+    made = {}
+    for where in ("here", "child"):
+        monkeypatch.setattr(runner.speculative, "cache_root", lambda _, where=where: tmp_path / where)
+        monkeypatch.setattr(runner.quality, "on_cuda", lambda where=where: where == "child")
+        made[where] = runner.speculative.plain_reference(cfg, work, model_path, make_room=lambda: None)
+    assert made["child"] == made["here"] and len(made["here"]["outputs"]) == 2
+    assert all(len(out) == 8 for out in made["here"]["outputs"])
+    assert (tmp_path / "child" / "references").is_dir()  # the parent wrote the child's result to the cache
+
+
 @pytest.mark.slow
 def test_cli_refusal_exits_2_in_one_line(run_cli):
     proc = run_cli("engine=ctranslate2", "engine.speculative.method=prompt_lookup")
