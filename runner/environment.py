@@ -52,26 +52,25 @@ def _readable(read) -> Any:
 
 
 def _gpus() -> dict[str, Any]:
-    """GPU 0's identity and limits (a run's GPUs are one model); each field None where NVML withholds it."""
-    info: dict[str, Any] = {"env_gpu": None, "env_gpu_count": 0, "env_gpu_driver": None,
+    """The run's first GPU (CUDA_VISIBLE_DEVICES' first, as CUDA numbers it 0; a launcher job's claimed one): its
+    NVML index, identity and limits (a run's GPUs are one model); each field None where NVML withholds it."""
+    from runner.memory import nvml
+
+    info: dict[str, Any] = {"env_gpu": None, "env_gpu_count": 0, "env_gpu_index": None, "env_gpu_driver": None,
                             "env_gpu_memory_mib": None, "env_cuda_driver": None, "env_gpu_sm_clock_max_mhz": None,
                             "env_gpu_mem_clock_max_mhz": None, "env_gpu_sm_clock_mhz": None,
-                            "env_gpu_power_limit_w": None}
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        count = pynvml.nvmlDeviceGetCount()
-    except Exception:  # no NVIDIA driver: a CPU machine
+                            "env_gpu_power_limit_w": None,
+                            "env_cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    nv, handles, _ = nvml()
+    if not handles:  # no NVIDIA driver: a CPU machine
         return info
-    if not count:
-        return info
-    nv, handle = pynvml, pynvml.nvmlDeviceGetHandleByIndex(0)
+    handle = handles[0]
     cuda = _readable(nv.nvmlSystemGetCudaDriverVersion)  # e.g. 12080 -> "12.8"
     power_mw = _readable(lambda: nv.nvmlDeviceGetPowerManagementLimit(handle))
     info.update(
         env_gpu=_readable(lambda: nv.nvmlDeviceGetName(handle)),
-        env_gpu_count=count,
+        env_gpu_count=_readable(nv.nvmlDeviceGetCount),  # the host's; the run's are CUDA_VISIBLE_DEVICES'
+        env_gpu_index=_readable(lambda: nv.nvmlDeviceGetIndex(handle)),
         env_gpu_driver=_readable(nv.nvmlSystemGetDriverVersion),
         env_gpu_memory_mib=_readable(lambda: nv.nvmlDeviceGetMemoryInfo(handle).total / 2**20),
         env_cuda_driver=f"{cuda // 1000}.{cuda % 1000 // 10}" if cuda else None,

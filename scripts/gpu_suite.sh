@@ -33,6 +33,9 @@
 #             scheduler moving the Python thread?)
 #   hf-static-cv  the compiled HF mode from the CLI (fresh process), batch 1 and 16, 200 tokens, with the
 #             stopping rule on: repetitions until the 95 % interval is within ±3 % (at most 12)
+#   two-gpus  issue 18 on a 2-GPU machine (kind nvidia-h200-x2): vLLM at tensor_parallel_size 1 and 2, batch 1 and
+#             64 (the seed workload), then a two-point hydra/launcher=gpus sweep whose records name their GPU
+#             (env_gpu_index) and whose started_at / point_wall_s show the overlap
 #   pack      tables and records of every run so far into $OUT (end each call with it: $OUT is emptied)
 # Give every call LLM_BENCH_GIT_COMMIT=<the commit you carried>: the device's copy of .git may lag the tree.
 set -uo pipefail
@@ -133,6 +136,10 @@ for stage in "$@"; do
       # CTranslate2's default compute type is the stored float32: the seed compares 16-bit engines.
       extra=""; [ "$stage" = seed-ctranslate2 ] && extra="engine.compute_type=float16"
       sweep "seed-${stage#seed-}" engine="${stage#seed-}" $extra batch_size="${SEED_BATCHES:-1,4,16,64}" ;;
+    two-gpus)
+      COMMON="model=llama2-7b-random dataset=sharegpt dataset.limit=\${batch_size} generation.max_new_tokens=200 measure.repetitions=3"
+      sweep vllm-tp engine=vllm engine.tensor_parallel_size=1,2 batch_size=1,64
+      sweep gpus-launcher hydra/launcher=gpus engine=llamacpp batch_size=1,16 ;;
     llama7b-*) COMMON="dataset.limit=16 generation.max_new_tokens=32"; ${stage#llama7b-} llama2-7b-random ;;
     pack)
       python -m runner.report "$RUNS" --csv "$OUT/gpu-table.csv" > "$OUT/gpu-table.md"; cat "$OUT/gpu-table.md"

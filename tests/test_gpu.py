@@ -127,3 +127,20 @@ def test_speculative_decoding_on_the_gpu(name, method, cache_dir, tokenizer):
     print(f"{name} {method}: acceptance {counts.accepted_tokens / counts.drafted_tokens:.3f}, greedy agreement "
           f"{same}/{sum(map(len, outputs['none']))}")
     assert same >= 0.9 * sum(map(len, outputs["none"]))
+
+
+def test_a_run_names_the_gpu_it_was_given_and_counts_only_its_memory(monkeypatch):
+    """hydra/launcher=gpus hands each job one GPU through CUDA_VISIBLE_DEVICES (NVML ignores that variable and
+    numbers every GPU of the host): the record names that GPU, and served runs count that GPU's memory only."""
+    import pynvml
+
+    from runner.environment import environment
+    from runner.serving.server import DeviceUsed
+
+    pynvml.nvmlInit()
+    last = str(pynvml.nvmlDeviceGetCount() - 1)  # GPU 1 on a 2-GPU machine, GPU 0 on one
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", last)
+    env = environment()
+    assert env["env_gpu_index"] == int(last) and env["env_cuda_visible_devices"] == last
+    assert env["env_gpu_count"] == pynvml.nvmlDeviceGetCount()
+    assert len(DeviceUsed()._handles) == 1

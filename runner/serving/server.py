@@ -64,18 +64,13 @@ def models_ready(base_url: str, auth: Auth = NO_AUTH, timeout_s: float = 2.0) ->
 
 
 class DeviceUsed:
-    """NVML used memory summed over the visible GPUs (the server's allocations live in another process)."""
+    """NVML used memory summed over the GPUs visible to this run (the server's allocations live in another
+    process; a launcher job that claimed one GPU counts that one)."""
 
     def __init__(self):
-        try:
-            import pynvml
+        from runner.memory import nvml
 
-            pynvml.nvmlInit()
-            self._nvml = pynvml
-            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
-            self.note = None if self._handles else "NVML sees no GPU"
-        except Exception as exc:  # no driver or library: a CPU machine
-            self._handles, self.note = [], f"NVML unavailable ({type(exc).__name__}): no NVIDIA GPU or driver"
+        self._nvml, self._handles, self.note = nvml()
 
     def bytes(self) -> Optional[int]:
         if not self._handles:
