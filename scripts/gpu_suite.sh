@@ -139,7 +139,7 @@ for stage in "$@"; do
     two-gpus)
       COMMON="model=llama2-7b-random dataset=sharegpt dataset.limit=\${batch_size} generation.max_new_tokens=200 measure.repetitions=3"
       sweep vllm-tp engine=vllm engine.tensor_parallel_size=1,2 batch_size=1,64
-      sweep gpus-launcher hydra/launcher=gpus engine=llamacpp batch_size=1,16 ;;
+      sweep gpus-launcher hydra/launcher=gpus engine=vllm batch_size=1,16 ;;  # the model the TP sweep built
     llama7b-*) COMMON="dataset.limit=16 generation.max_new_tokens=32"; ${stage#llama7b-} llama2-7b-random ;;
     pack)
       python -m runner.report "$RUNS" --csv "$OUT/gpu-table.csv" > "$OUT/gpu-table.md"; cat "$OUT/gpu-table.md"
