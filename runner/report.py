@@ -123,6 +123,19 @@ def environment(df: pd.DataFrame) -> str:
     return markdown(pd.DataFrame(rows, columns=["field", "value"]))
 
 
+def code_versions(runs: pd.DataFrame) -> str | None:
+    """A warning when the rows were measured by more than one version of the code: resume skips a finished point
+    whatever code measured it, so a sweep resumed after an upgrade mixes them."""
+    if "env_git_commit" not in runs:
+        return None
+    counts = runs["env_git_commit"].fillna("unknown").value_counts()
+    if len(counts) < 2:
+        return None
+    listed = ", ".join(f"`{commit}` ({n} rows)" for commit, n in counts.items())
+    return (f"**Measured by {len(counts)} versions of the code:** {listed}. A sweep resumed after an upgrade keeps "
+            "its finished points; compare rows of one commit (`env_git_commit`), or rerun with `resume=false`.")
+
+
 def failures(df: pd.DataFrame) -> str:
     failed = df[df["status"] != "ok"]
     lines = [f"- {r.model_name} · {r.configuration} · {r.workload} · batch {r.batch_size}: **{r.status}** — "
@@ -149,6 +162,9 @@ def report_markdown(df: pd.DataFrame, paths: list[str], superseded: int, baselin
         + (f" ({superseded} older runs of the same configurations left out)" if superseded else "")
         + ". Made by `python -m runner.report`, which reads the records and measures nothing.",
     ]
+    mixed = code_versions(runs)
+    if mixed:
+        parts.append(mixed)
     if not df.empty:
         parts += offline_sections(df, baseline)
     for name in experiments(df):  # offline studies (serving ones have the rate table below)

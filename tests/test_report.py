@@ -102,6 +102,17 @@ def test_report_keeps_two_workloads_at_one_batch_size_apart(raw, tmp_path):
     assert "older runs" not in text and "8 runs (8 ok" in text  # none superseded: other work, not a rerun
 
 
+def test_rows_of_two_code_versions_are_flagged(raw, tmp_path):
+    """A sweep resumed after an upgrade: half its rows from another commit. The report says so, once."""
+    write_records(tmp_path / "runs", raw[:2] + rerun(raw[2:], env_git_commit="0123abc"))
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert text.count("Measured by 2 versions of the code") == 1 and "`0123abc` (2 rows)" in text
+    write_records(tmp_path / "one", raw)
+    assert main([str(tmp_path / "one"), "--out", str(tmp_path / "report-one")]) == 0
+    assert "versions of the code" not in (tmp_path / "report-one" / "report.md").read_text()
+
+
 def test_mbu_from_the_measured_bandwidth_where_no_datasheet_has_one(records):
     rows = labelled(records.assign(mbu_table=None, mbu_measured=0.3, peak_bandwidth_gb_s_measured=12.0))
     shown = table(rows)
