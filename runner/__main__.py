@@ -15,6 +15,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from runner import interrupts, rundir
@@ -62,7 +63,8 @@ def main(cfg: DictConfig) -> None:
         detail = (str(exc).strip().splitlines() or [""])[0]
         print(f"error: preparing the run failed: {type(exc).__name__}: {detail}", file=sys.stderr)
         sys.exit(1)
-    done = completed_record(bench, work) if bench.resume else None
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    done = completed_record(bench, work, Path(hydra_cfg.sweep.dir) if multirun else None) if bench.resume else None
     if done is not None:  # resume: a complete record of this point exists (runner/resume.py); nothing is written
         _skipped_runs.append(done["run_dir"])
         print(f"skipped (complete record with run_key {done['run_key']}: {done['run_dir']}); "

@@ -23,9 +23,16 @@ from runner.records import RECORD_NAME, flatten, write_json_atomic
 from runner.resume import find_complete, index_record, run_key
 
 
-def completed_record(cfg: BenchConfig, work: Any) -> Optional[dict[str, Any]]:
-    """The status=ok record of this very point (same run key) under cfg.outputs_root, if one exists."""
-    return find_complete(Path(cfg.outputs_root), run_key(cfg, fingerprints(cfg, work)["prompts_sha256"]))
+def completed_record(cfg: BenchConfig, work: Any, sweep_dir: Optional[Path] = None) -> Optional[dict[str, Any]]:
+    """The status=ok record of this very point (same run key) under cfg.outputs_root, or under ``sweep_dir`` when
+    that lies outside it (``hydra.sweep.dir=/elsewhere``: a sweep copied to another machine, or rerun from
+    another directory, finds its own finished points), if one exists."""
+    key = run_key(cfg, fingerprints(cfg, work)["prompts_sha256"])
+    root = Path(cfg.outputs_root).resolve()
+    roots = [root]
+    if sweep_dir is not None and not sweep_dir.resolve().is_relative_to(root):
+        roots.append(sweep_dir.resolve())
+    return next(filter(None, (find_complete(r, key) for r in roots)), None)
 
 
 def execute(cfg: BenchConfig, work: Any, run_dir: Path, overrides: list[str]) -> dict[str, Any]:

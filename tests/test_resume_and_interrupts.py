@@ -70,6 +70,16 @@ def test_rerun_into_a_fixed_run_dir_and_from_another_sweep_dir(tmp_path, cache_d
     assert proc.returncode == 0 and "1 point(s) skipped" in proc.stdout
     assert not (outputs / "other").exists()
     assert _records(outputs)["mine/record.json"] == first
+    # A sweep dir outside outputs_root, run again from another working directory (a copy on another machine,
+    # its outputs/ empty): the finished point is found in the sweep dir itself.
+    elsewhere, fresh = tmp_path / "elsewhere", tmp_path / "fresh"
+    sweep = ["-m", f"hydra.sweep.dir={elsewhere}", *QUIET, "generation.max_new_tokens=3"]
+    assert run_runner(tmp_path, cache_dir, *sweep).returncode == 0
+    done = _records(elsewhere)
+    fresh.mkdir()
+    proc = run_runner(fresh, cache_dir, *sweep)
+    assert proc.returncode == 0 and "1 point(s) skipped" in proc.stdout, proc.stdout[-2000:]
+    assert _records(elsewhere) == done and not (fresh / "outputs").exists()
 
 
 def test_edited_prompts_are_a_new_point_not_a_resumed_one(tmp_path, cache_dir):
