@@ -127,7 +127,8 @@ class VLLMEngine(Engine):
             "vllm_prefix_caching": bool(cache.enable_prefix_caching),
             # tensor parallelism: the all-reduce paths vLLM was left (engines/vllm/__init__.py's TP_* settings)
             "vllm_fuse_allreduce_rms": getattr(vcfg.compilation_config.pass_config, "fuse_allreduce_rms", None),
-            "vllm_allreduce_symm_mem": os.environ.get("VLLM_ALLREDUCE_USE_SYMM_MEM", "1") != "0",
+            "vllm_allreduce_symm_mem": (os.environ.get("VLLM_ALLREDUCE_USE_SYMM_MEM", "1") != "0"
+                                        if self.on_cuda and self.config.tensor_parallel_size > 1 else None),
         }
 
     def _sampling_params(self, sampling: SamplingSpec):
