@@ -89,6 +89,7 @@ class _Child:
     process: Any
     conn: Connection
     key: Optional[str]
+    jobs: int = 0  # jobs sent: a worker that got none holds no engine and may still be importing
 
     def kill(self) -> None:
         """SIGKILL the child's whole process group (the engine's own children too), then reap it."""
@@ -140,8 +141,10 @@ def kill_children() -> None:
 def shutdown_worker() -> None:
     """End the kept worker and an unused prestarted child (at exit, or before a worker of another key)."""
     global _worker, _prestarted
-    if _worker is not None:
+    if _worker is not None and _worker.jobs:
         _worker.stop()
+    elif _worker is not None:  # prestarted for a point that resume then skipped: waiting on its imports costs
+        _worker.kill()         # seconds per skipped engine, and it has nothing to close
     if _prestarted is not None:
         _prestarted.kill()  # it never got a job: nothing to close, and it may still be importing
     _worker = _prestarted = None
@@ -173,6 +176,7 @@ def _describe_exit(exitcode: Optional[int]) -> dict[str, Any]:
 
 def _run_in_child(child: _Child, job: tuple, timeout_s: Optional[float]) -> tuple[dict[str, Any], bool]:
     """Send one job and wait for its record; returns (record, child still usable)."""
+    child.jobs += 1
     try:
         child.conn.send(job)
     except (BrokenPipeError, OSError):

@@ -139,3 +139,19 @@ def test_a_signal_stops_the_sweep_within_seconds_and_keeps_finished_points(tmp_p
     proc = run_runner(tmp_path, cache_dir, *args)
     assert proc.returncode == 0 and "1 point(s) skipped" in proc.stdout, proc.stderr[-2000:]
     assert sorted(json.loads(p.read_text())["batch_size"] for p in outputs.rglob("record.json")) == [1, 2]
+
+
+def test_a_worker_that_got_no_job_is_ended_at_once(tmp_path, monkeypatch):
+    """A resumed sweep prestarts a worker for each engine whose first point it then skips; ending that worker
+    must not wait for its imports (it was ~10 s per skipped engine on the GPU: torch, the engine)."""
+    from runner import isolation
+
+    (tmp_path / "slow_import_for_test.py").write_text("import time\ntime.sleep(60)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # a spawn child takes the parent's sys.path
+    worker = isolation._start(keep_engine=True, key="skipped", preload=("slow_import_for_test",))
+    monkeypatch.setattr(isolation, "_worker", worker)
+    time.sleep(1)  # the child is inside its preload now
+    start = time.monotonic()
+    isolation.shutdown_worker()
+    assert time.monotonic() - start < 5
+    assert not worker.process.is_alive() and isolation._worker is None
