@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from runner.experiments import experiment_table, experiments, time_split
+from runner.experiments import experiment_table, experiments, published_figures, time_split
 from runner.results import RAW_SAMPLE_COLUMNS, export, labelled, latest, load_results, speedup
 from runner.results import configuration  # noqa: F401  (moved to runner.results; imported from here by others)
 from runner.spec_report import COLUMNS as SPEC_COLUMNS, PLOT_CAPTIONS as SPEC_CAPTIONS, paired, spec_plots, spec_section
@@ -169,8 +169,11 @@ def report_markdown(df: pd.DataFrame, paths: list[str], superseded: int, baselin
         parts += offline_sections(df, baseline)
     for name in experiments(df):  # offline studies (serving ones have the rate table below)
         rows = df[df["experiment"] == name]
+        published = published_figures(name)
         parts += [f"## Experiment `{name}`: output tok/s [95 % interval] by configuration and batch size",
-                  markdown(experiment_table(rows)), time_split(rows)]
+                  markdown(experiment_table(rows, published and published[0]))]
+        parts += [f"`source` columns: {published[1]}"] if published else []
+        parts.append(time_split(rows))
     if not serving.empty:
         parts.append(serving_section(serving))
     if plots:

@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from runner.config import register_configs, to_bench_config
-from runner.experiments import experiment_table, time_split
+from runner.experiments import PRESETS_DIR, experiment_table, published_figures, time_split
 from tests.helpers import IN_PROCESS, ROOT, TINY
 
 PRESETS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
@@ -70,6 +70,42 @@ def test_the_experiment_table_puts_configurations_by_batch_size():
     assert table.values.tolist() == [["vllm float16", "215.5 [214.0, 217.0]", "oom"], ["hf float16", "42.7", "—"]]
     assert time_split(rows) == ("Time over its 3 points: engine starts (model loads) 200.0 s, "
                                 "measured regions 13.0 s, everything else 22.0 s (of 235.0 s in all).")
+
+
+def test_published_figures_name_options_and_batch_sizes_of_their_preset():
+    """A preset's published figures (conf/experiment/<name>.published.csv) can only name engine options and
+    batch sizes its grid sweeps, or the report would match them to nothing."""
+    files = sorted(PRESETS_DIR.glob("*.published.csv"))
+    assert [f.name for f in files] == ["seed_engines.published.csv"]
+    for path in files:
+        name = path.name.removesuffix(".published.csv")
+        figures, source = published_figures(name)
+        grid = _grid(name)
+        assert set(figures.engine) <= set(grid["engine"].split(",")), figures.engine
+        assert set(figures.batch_size.astype(str)) <= set(grid["batch_size"].split(","))
+        assert (figures.output_tok_s > 0).all() and figures.source_label.notna().all()
+        assert "A100" in source  # the comment says where the figures come from
+    assert published_figures("cpu_engines") is None
+
+
+def test_the_source_figure_sits_beside_ours_by_engine_option():
+    rows = pd.DataFrame([
+        {"configuration": "vllm float16 gptq_marlin", "batch_size": 1, "status": "ok", "output_tok_s": 273.1,
+         "overrides": "engine=vllm_gptq batch_size=1 +experiment=seed_engines"},
+        {"configuration": "vllm float16", "batch_size": 1, "status": "ok", "output_tok_s": 209.4,
+         "overrides": "engine=vllm batch_size=1 +experiment=seed_engines"},
+        {"configuration": "vllm float16", "batch_size": 4, "status": "ok", "output_tok_s": 823.4,
+         "overrides": "engine=vllm batch_size=4 +experiment=seed_engines"},
+        {"configuration": "hf float16", "batch_size": 1, "status": "ok", "output_tok_s": 29.5,
+         "overrides": "+experiment=seed_engines"},  # the preset's default engine: no option to match
+    ])
+    published = pd.DataFrame({"engine": ["vllm", "vllm_gptq"], "batch_size": [1, 1], "output_tok_s": [81.32, 81.65],
+                              "source_label": ["vLLM", "vLLM + GPTQ"]})
+    table = experiment_table(rows, published)
+    assert list(table.columns) == ["configuration", "batch 1", "batch 4", "source, batch 1"]
+    assert table.values.tolist() == [["vllm float16 gptq_marlin", "273.1", "—", "81.65 (vLLM + GPTQ)"],
+                                     ["vllm float16", "209.4", "823.4", "81.32 (vLLM)"],
+                                     ["hf float16", "29.5", "—", "—"]]
 
 
 @pytest.mark.slow
