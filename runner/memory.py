@@ -88,6 +88,11 @@ def nvml() -> tuple[Any, list, Optional[str]]:
     return pynvml, handles, None
 
 
+def device_used_bytes(pynvml, handles: list) -> int:
+    """NVML used memory summed over ``handles`` (nvml()'s visible GPUs): every process's allocations on them."""
+    return sum(pynvml.nvmlDeviceGetMemoryInfo(h).used for h in handles)
+
+
 class _Readings:
     """What the sampler process reads: RSS summed over a process tree, NVML used memory of the visible GPUs
     (and the part NVML attributes to the tree's processes), each kept at its peak."""
@@ -121,7 +126,7 @@ class _Readings:
         return total
 
     def _device_used(self) -> int:
-        return sum(self._nvml.nvmlDeviceGetMemoryInfo(h).used for h in self._handles)
+        return device_used_bytes(self._nvml, self._handles)
 
     def _process_used(self) -> Optional[int]:
         pids = {p.pid for p in self._tree}

@@ -73,9 +73,9 @@ class DeviceUsed:
         self._nvml, self._handles, self.note = nvml()
 
     def bytes(self) -> Optional[int]:
-        if not self._handles:
-            return None
-        return sum(self._nvml.nvmlDeviceGetMemoryInfo(h).used for h in self._handles)
+        from runner.memory import device_used_bytes
+
+        return device_used_bytes(self._nvml, self._handles) if self._handles else None
 
 
 class ServerStartError(RuntimeError):
