@@ -19,7 +19,7 @@
 #   repeat    the seed's llama.cpp batch-16 point again (resume=false): its tok/s against the first run's CI
 #   serving   vLLM's OpenAI server on the Llama-2-7B shape, open-loop Poisson load at 4 / 16 / inf req/s,
 #             ShareGPT prompts, 200 tokens forced, SLOs TTFT 1 s and TPOT 50 ms for goodput
-#   speculative  issue 19: vLLM n-gram and draft model on SmolLM2 (real weights) at batch 1/4/16, HF prompt
+#   speculative[-vllm|-hf]  issue 19: vLLM n-gram and draft model on SmolLM2 (real weights) at batch 1/4/16, HF prompt
 #             lookup and assisted generation (draft model) at batch 1/4, against the same points without them:
 #             ShareGPT edit requests (conf/experiment/speculative.yaml), EOS allowed, 128 tokens, 3 repetitions
 #   exl2-build  compile ExLlamaV2's CUDA extension (JIT, ~2.5 min; cached while the machine stays warm) and put
@@ -96,11 +96,11 @@ for stage in "$@"; do
     serving)
       COMMON="scenario=serving model=llama2-7b-random dataset=sharegpt dataset.limit=64 generation.max_new_tokens=200 serving.num_requests=64 serving.slo_ttft_ms=1000 serving.slo_tpot_ms=50"
       sweep serving-vllm engine=vllm serving.request_rate=4,16,inf ;;
-    speculative)
+    speculative|speculative-vllm|speculative-hf)
       # issue 19: the CPU preset's slice (ShareGPT edit requests, EOS allowed), longer; SmolLM2 real weights, its own draft
       COMMON="+experiment=speculative dataset.limit=16 generation.max_new_tokens=128 measure.repetitions=3"
-      sweep speculative-vllm engine=vllm engine.speculative.method=none,prompt_lookup,draft batch_size=1,4,16
-      sweep speculative-hf engine=hf engine.dtype=float16 engine.speculative.method=none,prompt_lookup,draft batch_size=1,4 ;;
+      [ "$stage" != speculative-hf ] && sweep speculative-vllm engine=vllm engine.speculative.method=none,prompt_lookup,draft batch_size=1,4,16
+      [ "$stage" != speculative-vllm ] && sweep speculative-hf engine=hf engine.dtype=float16 engine.speculative.method=none,prompt_lookup,draft batch_size=1,4 ;;
     ablation)
       python scripts/hf_timing_ablation.py --batch-sizes 1,16 --batches 2 --rounds 3 $FIDELITY_WORKLOAD \
         engine.dtype=float16 2>&1 | grep --line-buffered -vE "it/s\]" | tee "$OUT/ablation.log" ;;
