@@ -100,7 +100,7 @@ class GenerationConfig:
 @dataclass
 class MeasureConfig:
     warmup_batches: int = 1  # run on the first batches' prompts before timing, never recorded
-    memory_sample_hz: float = 100.0  # device-memory sampler rate (NVML), in a background thread
+    memory_sample_hz: float = 100.0  # memory sampler rate (NVML, RSS of the tree), its own process; ≤10 Hz without a GPU
     agreement_prompts: int = 4  # greedy agreement with the HF reference on this many prompts (0: off)
     repetitions: int = 1  # the measured batches, all of them, this many times (warm-up once, before the first)
     min_duration_s: float = 0.0  # and more repetitions until the measured time reaches this (0: no minimum)

@@ -132,9 +132,10 @@ RECORD_FIELDS = (
     Field('`device_peak_process_mib`, `device_process_memory_note`',
           'peak of the GPU memory NVML attributes to this process and its children '
           '(`nvmlDeviceGetComputeRunningProcesses`); the note says why it is empty'),
-    Field('`memory_samples`, `memory_sample_hz_achieved`',
-          'how many memory samples the background thread took (it sleeps between them), and their real '
-          'rate'),
+    Field('`memory_samples`, `memory_sample_hz_target`, `memory_sample_hz_achieved`',
+          'how many memory samples the sampler process took (it sleeps between them), the rate it aimed at '
+          '(`measure.memory_sample_hz`; at most 10 Hz without a GPU, where it shares the CPU with the engine) '
+          'and the rate it reached'),
     Field('`torch_peak_allocated_mib`, `torch_peak_reserved_mib`',
           'PyTorch allocator peaks during the measured batches (CUDA only)'),
     Field('`energy_j`, `joules_per_output_token`, `avg_power_w`, `energy_source`, `energy_note`',

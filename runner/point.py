@@ -13,7 +13,7 @@ from runner.models import prepare
 from runner.plan import Workload
 from runner.quality import agreement_fields, on_cuda, reference_missing, wanted_reference
 from runner.session import EngineSession
-from runner.speculative import exactness_fields, plain_reference, prepare_draft
+from runner.speculative import exactness_fields, plain_reference, prepare_draft, remember_plain_outputs
 
 
 def _failure_status(exc: BaseException) -> str:
@@ -53,6 +53,7 @@ def run_point(cfg: BenchConfig, work: Workload, run_dir: Path, overrides: list[s
         heads = [r["output_head"] for r in record["request_samples"]]
         record.update(agreement_fields(work.sampling, reference, heads))
         record.update(exactness_fields(cfg, spec_reference, heads))
+        remember_plain_outputs(cfg, work, session.engine.resolved, heads)  # the reference of speculative points
         record["status"] = "ok"
     except Exception as exc:  # the run failed: keep it as a row with its error
         record["status"] = _failure_status(exc)

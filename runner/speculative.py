@@ -4,8 +4,11 @@ without speculation.
 
 Exactness: the first ``measure.agreement_prompts`` prompts, in the batches the measured run gives them (batch
 1 for an engine that runs speculation one sequence at a time), are generated greedily by the same engine with
-``engine.speculative.method=none``, once, before the measured engine loads; cached on disk. Speculative
-decoding verified greedily must reproduce that output token for token: ``spec_exact`` is False otherwise.
+``engine.speculative.method=none``, once, before the measured engine loads; cached on disk. A point without
+speculation of the same engine config, model, prompts and batches (the ``none`` point of a sweep) leaves its own
+greedy outputs in that cache, so the speculative points after it start no engine for their reference.
+Speculative decoding verified greedily must reproduce that output token for token: ``spec_exact`` is False
+otherwise.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from runner.cache import cache_root
 from runner.config import BenchConfig, ConfigError, ModelConfig
 from runner.models import PreparedModel, prepare
 from runner.quality import AGREEMENT_TOKENS, agreement, cached_in_own_process
-from runner.records import flatten
+from runner.records import flatten, write_json_atomic
 
 MODEL_CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
 
@@ -68,26 +71,57 @@ def prepare_draft(cfg: BenchConfig, engine: Engine) -> Optional[PreparedModel]:
     return prepared
 
 
+def _plain_setup(cfg: BenchConfig, work: Any) -> tuple[Path, Any, list[list[int]], SamplingSpec, int]:
+    """Where the plain reference of this point's engine, model, prompts and batches is cached; the engine config
+    without speculation, the prompts it covers, its sampling and its batch size."""
+    n = cfg.measure.agreement_prompts
+    batch = 1 if work.engine_cls.batches_sequentially(cfg.engine) else cfg.batch_size
+    prompts = work.prompts[:-(-min(n, len(work.prompts)) // batch) * batch]
+    plain = dataclasses.replace(cfg.engine, speculative=SpeculativeConfig())
+    spec = SamplingSpec(max_new_tokens=min(AGREEMENT_TOKENS, work.sampling.max_new_tokens),
+                        ignore_eos=work.sampling.ignore_eos, temperature=0.0)
+    key = hashlib.sha256(json.dumps([flatten(plain), flatten(cfg.model), prompts, dataclasses.asdict(spec), batch],
+                                    default=str).encode()).hexdigest()[:16]
+    path = cache_root(cfg.cache_dir) / "references" / f"spec-{cfg.model.name}-{cfg.engine.name}-{key}.json"
+    return path, plain, prompts, spec, batch
+
+
+def _exactness_wanted(cfg: BenchConfig, sampling: SamplingSpec) -> bool:
+    return cfg.measure.agreement_prompts > 0 and sampling.temperature == 0
+
+
 def plain_reference(cfg: BenchConfig, work: Any, model_path: str, make_room: Callable[[], None]) -> Optional[dict]:
     """The same engine's greedy output without speculation on the first prompts (module doc), cached; None
     when speculation is off, sampling, or agreement is off. ``make_room`` runs before a reference engine loads
     (a worker's kept engine is closed: two vLLM engines would not fit on one GPU)."""
-    engine_cls, prompts, sampling = work.engine_cls, work.prompts, work.sampling
-    n = cfg.measure.agreement_prompts
-    if speculative(cfg) is None or n == 0 or sampling.temperature > 0:
+    if speculative(cfg) is None or not _exactness_wanted(cfg, work.sampling):
         return None
-    batch = 1 if engine_cls.batches_sequentially(cfg.engine) else cfg.batch_size
-    prompts = prompts[:-(-min(n, len(prompts)) // batch) * batch]
-    plain = dataclasses.replace(cfg.engine, speculative=SpeculativeConfig())
-    spec = SamplingSpec(max_new_tokens=min(AGREEMENT_TOKENS, sampling.max_new_tokens), ignore_eos=sampling.ignore_eos,
-                        temperature=0.0)
-    key = hashlib.sha256(json.dumps([flatten(plain), flatten(cfg.model), prompts, dataclasses.asdict(spec), batch],
-                                    default=str).encode()).hexdigest()[:16]
-    path = cache_root(cfg.cache_dir) / "references" / f"spec-{cfg.model.name}-{cfg.engine.name}-{key}.json"
+    path, plain, prompts, spec, batch = _plain_setup(cfg, work)
     if path.is_file():
         return json.loads(path.read_text())
     make_room()
-    return cached_in_own_process(path, _plain_outputs, engine_cls, plain, model_path, prompts, spec, batch, n)
+    return cached_in_own_process(path, _plain_outputs, work.engine_cls, plain, model_path, prompts, spec, batch,
+                                 cfg.measure.agreement_prompts)
+
+
+def remember_plain_outputs(cfg: BenchConfig, work: Any, resolved: dict, heads: list[list[int]]) -> None:
+    """A point without speculation, on an engine that has it, is the plain reference of the speculative points
+    of the same engine config, model, prompts and batches: its first greedy tokens go into their cache (module
+    doc), which spares each of them an engine start (vLLM on an H200: 35-55 s)."""
+    if (speculative(cfg) is not None or getattr(cfg.engine, "speculative", None) is None
+            or not _exactness_wanted(cfg, work.sampling)):
+        return
+    path, plain, prompts, spec, batch = _plain_setup(cfg, work)
+    n = min(cfg.measure.agreement_prompts, len(prompts))
+    if path.is_file() or batch != cfg.batch_size or len(heads) < n:
+        return
+    write_json_atomic(path, {
+        "reference": _described(plain, resolved, batch) + " (the measured run of that point)",
+        "outputs": [head[:spec.max_new_tokens] for head in heads[:n]]})
+
+
+def _described(plain: Any, resolved: dict, batch: int) -> str:
+    return f"{plain.name} {resolved.get('dtype')} {resolved.get('device')} batch {batch}, engine.speculative.method=none"
 
 
 def _plain_outputs(engine_cls: type, plain: Any, model_path: str, prompts: list[list[int]], spec: SamplingSpec,
@@ -98,8 +132,7 @@ def _plain_outputs(engine_cls: type, plain: Any, model_path: str, prompts: list[
     try:
         outputs = [g.token_ids for i in range(0, len(prompts), batch)
                    for g in engine.generate(prompts[i:i + batch], spec)]
-        described = f"{plain.name} {engine.resolved.get('dtype')} {engine.resolved.get('device')} batch {batch}, " \
-                    "engine.speculative.method=none"
+        described = _described(plain, engine.resolved, batch)
     finally:
         engine.close()
     return {"reference": described, "outputs": outputs[:n]}

@@ -144,7 +144,7 @@ def report(rate: str, ours: list[dict], theirs: list[dict]) -> None:
     offered = [r["offered_rate_rps"] for r in ours]
     print(f"\nrate {rate}: {len(ours)} rounds each; the runner offered "
           f"{'all at once' if math.isinf(float(rate)) else f'{np.mean(offered):.3f} req/s'}")
-    print(f"| figure | runner mean (spread) | vllm bench serve mean (spread) | runner / vllm |\n|---|---|---|---|")
+    print("| figure | runner mean (spread) | vllm bench serve mean (spread) | runner / vllm |\n|---|---|---|---|")
     for label, (ours_key, theirs_key) in FIELDS.items():
         a = [r[ours_key] for r in ours]
         b = [r[theirs_key] for r in theirs]

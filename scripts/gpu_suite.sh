@@ -100,6 +100,9 @@ for stage in "$@"; do
       # issue 19: the CPU preset's slice (ShareGPT edit requests, EOS allowed), longer; SmolLM2 real weights, its own draft
       COMMON="+experiment=speculative dataset.limit=16 generation.max_new_tokens=128 measure.repetitions=3"
       [ "$stage" != speculative-hf ] && sweep speculative-vllm engine=vllm engine.speculative.method=none,prompt_lookup,draft batch_size=1,4,16
+      # HF generate is host-bound (~20 ms per token at batch 1 here: 16 prompts x 128 tokens took 160 s a point),
+      # so it gets the preset's own slice: 8 prompts, 64 tokens
+      COMMON="+experiment=speculative measure.repetitions=3"
       [ "$stage" != speculative-vllm ] && sweep speculative-hf engine=hf engine.dtype=float16 engine.speculative.method=none,prompt_lookup,draft batch_size=1,4 ;;
     ablation)
       python scripts/hf_timing_ablation.py --batch-sizes 1,16 --batches 2 --rounds 3 $FIDELITY_WORKLOAD \

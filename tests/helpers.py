@@ -116,3 +116,10 @@ def process_gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def spec(method: str, **kwargs):
+    """An ``engine.speculative`` config: method by name, the rest as given."""
+    from engines.speculative import SpeculativeConfig, SpecMethod
+
+    return SpeculativeConfig(method=SpecMethod(method), **kwargs)

@@ -93,7 +93,7 @@ def test_memory_sampler_counts_children_and_keeps_its_rate():
     import sys
     import time
 
-    from runner.memory import MemorySampler
+    from runner.memory import HOST_ONLY_MAX_HZ, MemorySampler, nvml
 
     sampler = MemorySampler(100.0)
     sampler.start()
@@ -104,7 +104,10 @@ def test_memory_sampler_counts_children_and_keeps_its_rate():
     sampler.stop()
     fields = sampler.fields()
     assert fields["host_peak_rss_tree_mib"] > 200
-    assert fields["memory_sample_hz_achieved"] > 50  # ~100 on an idle machine; the thread sleeps between samples
+    # 100 Hz beside a GPU; without one it shares the CPU with the engine and takes at most 10 Hz
+    target = 100.0 if nvml()[1] else HOST_ONLY_MAX_HZ
+    assert fields["memory_sample_hz_target"] == target
+    assert fields["memory_sample_hz_achieved"] > target / 2  # ~the target on an idle machine; it sleeps between samples
 
 
 def test_a_kept_engines_device_peak_counts_from_before_its_load(monkeypatch):

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from engines.base import Device, DType, SamplingSpec
-from engines.speculative import SpecCounts, SpeculativeConfig, SpecMethod
+from engines.speculative import SpecCounts
 from runner.config import ConfigError
-from tests.helpers import IN_PROCESS, chat_ids, run_runner
+from tests.helpers import IN_PROCESS, chat_ids, run_runner, spec
 
 # Requests whose answers quote them (SmolLM2's greedy answers begin by copying the sentence): prompt lookup
 # finds drafts within a few tokens, so a few tokens test it
@@ -24,10 +24,6 @@ SPEC_SWEEP = ["dataset.match='(?i)^(rewrite|rephrase|paraphrase|proofread|correc
               "dataset.limit=2", "dataset.min_prompt_tokens=32", "dataset.max_prompt_tokens=128",
               "generation.max_new_tokens=8", "generation.ignore_eos=false", "measure.perplexity_prompts=0",
               "measure.agreement_prompts=2", "engine.speculative.draft=smollm2-135m"]
-
-
-def spec(method: str, **kwargs) -> SpeculativeConfig:
-    return SpeculativeConfig(method=SpecMethod(method), **kwargs)
 
 
 def assert_counts_consistent(counts: SpecCounts, num_tokens: int) -> None:
@@ -200,33 +196,6 @@ def test_a_method_the_engine_lacks_and_a_draft_of_another_tokenizer_are_refused(
                                  engine=HFEngineConfig(speculative=spec("prompt_lookup")))
     with pytest.raises(ConfigError, match="engine.speculative.method=prompt_lookup: offline runs only"):
         validate(served)
-
-
-def test_the_plain_reference_made_in_a_child_process_equals_the_one_made_here(tmp_path, cache_dir, monkeypatch):
-    """On a GPU the same engine without speculation runs in a child process of its own (the memory it took goes
-    back to the driver when it exits: runner.quality.cached_in_own_process). Forced here on the CPU, the child
-    must give what this process gives."""
-    import runner.quality
-    import runner.speculative
-    from engines.hf import HFEngineConfig
-    from runner.config import BenchConfig, GenerationConfig, SyntheticConfig
-    from runner.models import prepare
-    from runner.plan import plan
-    from tests.helpers import smollm2_spec
-
-    cfg = BenchConfig(engine=HFEngineConfig(speculative=spec("prompt_lookup")), model=smollm2_spec(),
-                      dataset=SyntheticConfig(limit=2, input_len=16), generation=GenerationConfig(max_new_tokens=8),
-                      cache_dir=cache_dir)
-    work = plan(cfg)
-    model_path = prepare(cfg.model, "hf", cache_dir).path
-    made = {}
-    for where in ("here", "child"):
-        monkeypatch.setattr(runner.speculative, "cache_root", lambda _, where=where: tmp_path / where)
-        monkeypatch.setattr(runner.quality, "on_cuda", lambda where=where: where == "child")
-        made[where] = runner.speculative.plain_reference(cfg, work, model_path, make_room=lambda: None)
-    assert made["child"] == made["here"] and len(made["here"]["outputs"]) == 2
-    assert all(len(out) == 8 for out in made["here"]["outputs"])
-    assert (tmp_path / "child" / "references").is_dir()  # the parent wrote the child's result to the cache
 
 
 @pytest.mark.slow
