@@ -231,6 +231,14 @@ def now() -> float:
     return time.perf_counter()
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
+def has_tokenizer(model_dir: str) -> bool:
+    """Random-weight models are saved without one: an engine then skips its tokenizer (token ids in and out)."""
+    return any((Path(model_dir) / name).exists() for name in TOKENIZER_FILES)
+
+
 def safetensors_bytes(model_dir: str) -> Optional[int]:
     """Bytes of every tensor in the directory's safetensors files, read from their headers (no loading).
 

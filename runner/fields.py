@@ -45,12 +45,12 @@ RECORD_FIELDS = (
           'data file they came from (sharegpt, file datasets)'),
     Field('`device`, `dtype`, `quantization`, `cache_implementation`, `compiled`, `n_gpu_layers`, '
           '`n_ctx`, `n_seq_max`, `n_batch`, `n_threads`, `batching`, `extra_buffers`, `exllamav2_*`, '
-          '`vllm_*`',
+          '`vllm_*`, `sglang_*`',
           'what the engine really ran with, as it reports it (e.g. `dtype=float32` for '
           "`engine.dtype=auto` on CPU; CTranslate2's `int8_float32`; llama.cpp's GGUF type `Q4_1`, its "
           'context and threads, `batching`: `batched` = all sequences in one `llama_decode` per step; '
           "HF's cache and compile mode; ExLlamaV2's cache; vLLM's version, KV-cache dtype, blocks and "
-          'MiB)'),
+          "MiB; SGLang's version, attention backend, memory share, KV-cache tokens and CUDA graphs)"),
     Field('`model_format`, `model_path`, `model_prepare_s`, `model_cache_hit`',
           'the format loaded, where from, conversion seconds on this run (0 when cached)'),
     Field('`engine_streams_tokens`',

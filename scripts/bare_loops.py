@@ -86,6 +86,18 @@ def vllm(engine, batches, new_tokens: int) -> tuple[int, float]:
     return _timed(run_batch, batches)
 
 
+def sglang(engine, batches, new_tokens: int) -> tuple[int, float]:
+    """``Engine.generate`` with token-id prompts, ignore_eos, no streaming (what `sglang.bench_offline_throughput`
+    does)."""
+    params = {"max_new_tokens": new_tokens, "ignore_eos": True, "temperature": 0.0}
+
+    def run_batch(batch) -> int:
+        outs = engine.engine.generate(input_ids=[list(p) for p in batch], sampling_params=params)
+        return sum(o["meta_info"]["completion_tokens"] for o in outs)
+
+    return _timed(run_batch, batches)
+
+
 def llamacpp(engine, batches, new_tokens: int) -> tuple[int, float]:
     """llama.cpp's C API as examples/batched uses it: one sequence per prompt, one llama_decode per step, the
     next token of each by argmax over its logits row (end-of-generation tokens masked: the forced length)."""
@@ -149,4 +161,4 @@ def exllamav2(engine, batches, new_tokens: int) -> tuple[int, float]:
     return _timed(run_batch, batches)
 
 
-LOOPS = {"hf": hf, "ctranslate2": ctranslate2, "ctranslate2_stamped": ctranslate2_stamped, "vllm": vllm, "llamacpp": llamacpp, "exllamav2": exllamav2}
+LOOPS = {"hf": hf, "ctranslate2": ctranslate2, "ctranslate2_stamped": ctranslate2_stamped, "vllm": vllm, "sglang": sglang, "llamacpp": llamacpp, "exllamav2": exllamav2}

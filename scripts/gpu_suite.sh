@@ -8,7 +8,7 @@
 #   llama7b-hf, llama7b-llamacpp, llama7b-ct2
 #             the same on a Llama-2-7B-shaped random-weights model (built and converted on first use)
 #   seed-ENGINE  the seed table (issue 5) for one engine option of conf/engine (hf, hf_int8, hf_nf4,
-#             exllamav2, ctranslate2, llamacpp, vllm, vllm_gptq): Llama-2-7B shapes, ShareGPT prompts,
+#             exllamav2, ctranslate2, llamacpp, vllm, vllm_gptq, sglang): Llama-2-7B shapes, ShareGPT prompts,
 #             200 new tokens forced, batch 1/4/16/64 (SEED_BATCHES), one batch of prompts per point
 #             (dataset.limit = batch size), warmed up on it, then measured SEED_REPS times
 #   seed-grid the whole +experiment=seed_engines preset (32 points, isolation=worker) in one sweep; the call
@@ -17,8 +17,9 @@
 #   seed-grid-restore  put a grid's records packed by an earlier window (.devwheels/seed-grid-records.tar.gz)
 #             back into the sweep dir, so seed-grid resumes a grid begun on another machine
 #   repeat    the seed's llama.cpp batch-16 point again (resume=false): its tok/s against the first run's CI
-#   serving   vLLM's OpenAI server on the Llama-2-7B shape, open-loop Poisson load at 4 / 16 / inf req/s,
-#             ShareGPT prompts, 200 tokens forced, SLOs TTFT 1 s and TPOT 50 ms for goodput
+#   serving[-ENGINE]  an engine's OpenAI server (default vllm; serving-sglang for issue 20) on the Llama-2-7B
+#             shape, open-loop Poisson load at 4 / 16 / inf req/s, ShareGPT prompts, 200 tokens forced, SLOs TTFT
+#             1 s and TPOT 50 ms for goodput. SGLang offline: seed-sglang; its fidelity: fidelity-sglang
 #   speculative[-vllm|-hf]  issue 19: vLLM n-gram and draft model on SmolLM2 (real weights) at batch 1/4/16, HF prompt
 #             lookup and assisted generation (draft model) at batch 1/4, against the same points without them:
 #             ShareGPT edit requests (conf/experiment/speculative.yaml), EOS allowed, 128 tokens, 3 repetitions
@@ -93,9 +94,10 @@ for stage in "$@"; do
     repeat)
       COMMON="model=llama2-7b-random dataset=sharegpt dataset.limit=16 generation.max_new_tokens=200 measure.repetitions=${SEED_REPS:-3} resume=false"
       sweep seed-llamacpp-repeat engine=llamacpp batch_size=16 ;;
-    serving)
+    serving|serving-*)
       COMMON="scenario=serving model=llama2-7b-random dataset=sharegpt dataset.limit=64 generation.max_new_tokens=200 serving.num_requests=64 serving.slo_ttft_ms=1000 serving.slo_tpot_ms=50"
-      sweep serving-vllm engine=vllm serving.request_rate=4,16,inf ;;
+      served=vllm; [ "$stage" != serving ] && served=${stage#serving-}
+      sweep "serving-$served" engine="$served" serving.request_rate=4,16,inf ;;
     speculative|speculative-vllm|speculative-hf)
       # issue 19: the CPU preset's slice (ShareGPT edit requests, EOS allowed), longer; SmolLM2 real weights, its own draft
       COMMON="+experiment=speculative dataset.limit=16 generation.max_new_tokens=128 measure.repetitions=3"

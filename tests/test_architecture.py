@@ -56,7 +56,7 @@ def test_every_engine_is_one_package_with_its_config_and_yaml():
         config = engines.config_class(name)
         assert issubclass(config, EngineConfig) and config().name == name
         assert (ROOT / "conf" / "engine" / f"{name}.yaml").is_file()
-    assert engines.with_server() == ["llamacpp", "vllm"]
+    assert engines.with_server() == ["llamacpp", "sglang", "vllm"]
     with pytest.raises(KeyError, match="known engines: ctranslate2, exllamav2, hf"):
         engines.config_class("nope")
 

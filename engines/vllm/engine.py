@@ -13,22 +13,16 @@ from __future__ import annotations
 import gc
 import itertools
 import os
-from pathlib import Path
 from typing import Any, Optional
 
-from engines.base import Engine, Generation, SamplingSpec, now, require, safetensors_bytes, value_of
+from engines.base import Engine, Generation, SamplingSpec, has_tokenizer, now, require, safetensors_bytes, value_of
 from engines.vllm import TP_ENV, TP_PASS_CONFIG, VLLM
 from engines.vllm.speculative import counts_between, speculative_config, totals
 
 MIB = 2**20
 GPTQ_VARIANT = "gptq-w4g128"  # 4-bit, group size 128, symmetric, desc_act=False (runner/gptq/ makes it)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1}
 
-
-def has_tokenizer(model_dir: str) -> bool:
-    """Random-weight models are saved without one; vLLM must then skip tokenizer init (ids in, ids out)."""
-    return any((Path(model_dir) / name).exists() for name in TOKENIZER_FILES)
 
 
 class VLLMEngine(Engine):

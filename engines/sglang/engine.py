@@ -1,0 +1,104 @@
+"""SGLang's offline ``Engine``, its outputs streamed so every token gets its own host timestamp.
+
+``Engine.generate(input_ids=[...], stream=True)`` yields one dict per update of one request of the batch:
+``index`` (its place in the batch; absent for a batch of one), ``output_ids`` (everything generated so far: SGLang
+streams cumulative outputs unless ``incremental_streaming_output`` is set) and ``meta_info`` (``finish_reason``
+set on the last). A stamp is the moment the update reached this process; with SGLang's default
+``stream_interval=1`` that is one update per token, so TTFT, TPOT and ITL read as vLLM's do. Written against the
+sources of sglang 0.5.15 (``sglang/srt/entrypoints/engine.py``, ``managers/tokenizer_manager.py``); not yet run on
+a GPU by this project (issue 20).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Optional
+
+from engines.base import Engine, Generation, SamplingSpec, has_tokenizer, now, require, safetensors_bytes, value_of
+from engines.sglang import SGLANG
+
+def engine_kwargs(cfg: Any, model_path: str) -> dict[str, Any]:
+    """``sglang.Engine(**...)`` for this config; None keeps SGLang's default."""
+    kwargs = {
+        "model_path": model_path,
+        "dtype": value_of(cfg.dtype),
+        "mem_fraction_static": cfg.mem_fraction_static,
+        "context_length": cfg.context_length,
+        "max_running_requests": cfg.max_running_requests,
+        "tp_size": cfg.tensor_parallel_size,
+        "attention_backend": cfg.attention_backend,
+        # 0.5.15 deprecates disable_cuda_graph for these two
+        "disable_prefill_cuda_graph": cfg.disable_cuda_graph or None,
+        "disable_decode_cuda_graph": cfg.disable_cuda_graph or None,
+        "disable_radix_cache": not cfg.enable_prefix_caching,
+        "random_seed": cfg.seed,
+        "skip_tokenizer_init": not has_tokenizer(model_path),
+        "log_level": "error",
+    }
+    return {**{key: value for key, value in kwargs.items() if value is not None}, **cfg.engine_kwargs}
+
+
+def sampling_params(sampling: SamplingSpec, seed: int) -> dict[str, Any]:
+    """SGLang's sampling parameters. ``ignore_eos`` with ``max_new_tokens`` forces the length: SGLang refuses
+    ``min_new_tokens`` without a tokenizer (it needs the EOS id), and needs it for nothing else here."""
+    params: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
+                              "ignore_eos": sampling.ignore_eos}
+    if sampling.temperature > 0:
+        params["sampling_seed"] = seed
+    return params
+
+
+def stamp_stream(chunks: Iterable[dict], count: int, clock: Callable[[], float] = now
+                 ) -> tuple[list[list[int]], list[list[float]]]:
+    """Each request's final token ids and, per token, the arrival time of the update that brought it.
+
+    An update's ``output_ids`` may be SGLang's own list, which it goes on extending: only its length is read on
+    arrival, and the ids are copied from the final update."""
+    ids: list[list[int]] = [[] for _ in range(count)]
+    times: list[list[float]] = [[] for _ in range(count)]
+    for chunk in chunks:
+        stamp = clock()
+        index = chunk.get("index", 0)
+        output = chunk["output_ids"]
+        times[index].extend([stamp] * (len(output) - len(times[index])))
+        if chunk["meta_info"].get("finish_reason") is not None:
+            ids[index] = list(output)
+    return ids, times
+
+
+class SGLangEngine(Engine):
+    name = "sglang"
+    model_format = "hf"
+    streams_tokens = True
+    packages = ("sglang", "sglang-kernel", "flashinfer-python", "torch", "transformers")
+    requires = (SGLANG,)
+
+    def load(self, model_path: str) -> None:
+        sglang = require(SGLANG)
+        self.model_path = model_path
+        self.engine = sglang.Engine(**engine_kwargs(self.config, model_path))
+        info = self.engine.get_server_info()
+        self.resolved = {
+            "device": "cuda",
+            "dtype": str(info.get("dtype", value_of(self.config.dtype))),
+            "quantization": str(info.get("quantization") or "none"),
+            "sglang_version": sglang.__version__,
+            "sglang_attention_backend": info.get("attention_backend"),
+            "sglang_mem_fraction_static": info.get("mem_fraction_static"),
+            "sglang_max_total_num_tokens": info.get("max_total_num_tokens"),
+            "sglang_cuda_graph": not info.get("disable_decode_cuda_graph", self.config.disable_cuda_graph),
+        }
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingSpec) -> list[Generation]:
+        chunks = self.engine.generate(input_ids=[list(p) for p in prompts],
+                                      sampling_params=sampling_params(sampling, self.config.seed), stream=True)
+        ids, times = stamp_stream(chunks, len(prompts))
+        return [Generation(token_ids=token_ids, token_times=stamps) for token_ids, stamps in zip(ids, times)]
+
+    def weights_bytes(self) -> Optional[int]:
+        return safetensors_bytes(self.model_path)
+
+    def close(self) -> None:
+        """Shut the scheduler and detokenizer processes down; SGLang waits until the GPU is released."""
+        engine = self.__dict__.pop("engine", None)
+        if engine is not None:
+            engine.shutdown()
