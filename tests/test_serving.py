@@ -200,7 +200,7 @@ def test_interrupted_run_leaves_no_server(tmp_path, cache_dir, sig):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["engine=hf"], "engine=hf: has no server to benchmark; engines with a server: llamacpp, vllm"),
+    (["engine=hf"], "engine=hf: has no server to benchmark; engines with a server: llamacpp, sglang, vllm"),
     (["server.url=http://127.0.0.1:9/v1"], "server.model: needed with server.url"),
     (["serving.request_rate=0"], "serving.request_rate=0.0: must be > 0 requests/s, or inf"),
     (["serving.max_concurrency=0"], "serving.max_concurrency=0: must be >= 1"),
