@@ -112,7 +112,6 @@ class _Readings:
         self.peak_process_bytes: Optional[int] = None
         self.peak_tree_rss_bytes = 0
         self.samples = 0
-        self.hz: Optional[float] = None
 
     @property
     def on_gpu(self) -> bool:
@@ -164,8 +163,8 @@ class _Readings:
                 self.peak_process_bytes = max(self.peak_process_bytes or 0, used)
         self.samples += 1
 
-    def fields(self, elapsed_s: float) -> dict[str, Any]:
-        """The record's sampled-memory fields, in MiB."""
+    def fields(self, elapsed_s: float, hz: Optional[float] = None) -> dict[str, Any]:
+        """The record's sampled-memory fields, in MiB (``hz``: the rate the sampler aimed at)."""
         return {
             "host_peak_rss_tree_mib": self.peak_tree_rss_bytes / MIB,
             "device_peak_used_mib": (self.peak_device_bytes - self.baseline_bytes) / MIB if self._handles else None,
@@ -173,7 +172,7 @@ class _Readings:
             "device_peak_process_mib": self.peak_process_bytes / MIB if self.peak_process_bytes is not None else None,
             "device_process_memory_note": self.process_note if self.peak_process_bytes is None else None,
             "memory_samples": self.samples,
-            "memory_sample_hz_target": self.hz,
+            "memory_sample_hz_target": hz,
             "memory_sample_hz_achieved": self.samples / elapsed_s if elapsed_s > 0 else None,
             BASELINE_KEY: self.baseline_bytes,
         }
@@ -186,7 +185,6 @@ def _sample_until_stopped(root: int, hz: float, baseline_bytes: Optional[int]) -
     readings = _Readings(root, exclude=os.getpid(), baseline_bytes=baseline_bytes)
     if not readings.on_gpu:
         hz = min(hz, HOST_ONLY_MAX_HZ)
-    readings.hz = hz
     started = time.monotonic()
     readings.sample()
     print("ready", flush=True)
@@ -197,7 +195,7 @@ def _sample_until_stopped(root: int, hz: float, baseline_bytes: Optional[int]) -
             break  # "stop", or EOF: the run process is gone
         readings.sample()
     readings.sample()
-    print(json.dumps(readings.fields(time.monotonic() - started)), flush=True)
+    print(json.dumps(readings.fields(time.monotonic() - started, hz)), flush=True)
 
 
 class MemorySampler:

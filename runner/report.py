@@ -169,10 +169,10 @@ def report_markdown(df: pd.DataFrame, paths: list[str], superseded: int, baselin
         parts += offline_sections(df, baseline)
     for name in experiments(df):  # offline studies (serving ones have the rate table below)
         rows = df[df["experiment"] == name]
-        published = published_figures(name)
+        figures, source = published_figures(name) or (None, None)
         parts += [f"## Experiment `{name}`: output tok/s [95 % interval] by configuration and batch size",
-                  markdown(experiment_table(rows, published and published[0]))]
-        parts += [f"`source` columns: {published[1]}"] if published else []
+                  markdown(experiment_table(rows, figures))]
+        parts += [f"`source` columns: {source}"] if source else []
         parts.append(time_split(rows))
     if not serving.empty:
         parts.append(serving_section(serving))
