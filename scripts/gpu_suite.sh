@@ -104,7 +104,8 @@ for stage in "$@"; do
       [ "$stage" != speculative-hf ] && sweep speculative-vllm engine=vllm engine.speculative.method=none,prompt_lookup,draft batch_size=1,4,16
       # HF generate is host-bound (~20 ms per token at batch 1 here: 16 prompts x 128 tokens took 160 s a point),
       # so it gets the preset's own slice: 8 prompts, 64 tokens
-      COMMON="+experiment=speculative measure.repetitions=3"
+      # with the stopping rule: the vLLM rows' CVs reached 16-37 % with 3 repetitions
+      COMMON="+experiment=speculative measure.repetitions=3 measure.target_rel_ci=0.03 measure.max_repetitions=${SPEC_MAX_REPS:-6}"
       [ "$stage" != speculative-vllm ] && sweep speculative-hf engine=hf engine.dtype=float16 engine.speculative.method=none,prompt_lookup,draft batch_size=1,4 ;;
     ablation)
       python scripts/hf_timing_ablation.py --batch-sizes 1,16 --batches 2 --rounds 3 $FIDELITY_WORKLOAD \
