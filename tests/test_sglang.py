@@ -10,7 +10,7 @@ import pytest
 
 from engines.base import ConfigError, DType, SamplingSpec
 from engines.sglang import SGLangEngineConfig
-from engines.sglang.engine import engine_kwargs, sampling_params, stamp_stream
+from engines.sglang.engine import engine_kwargs, loaded_dtype, sampling_params, stamp_stream
 from engines.sglang.server import SGLangServer
 
 
@@ -34,6 +34,27 @@ def test_the_engine_gets_prefix_caching_off_and_skips_the_tokenizer_only_without
     assert random_weights["skip_tokenizer_init"] is True and random_weights["mem_fraction_static"] == 0.8
     assert random_weights["disable_decode_cuda_graph"] is random_weights["disable_prefill_cuda_graph"] is True
     assert random_weights["chunked_prefill_size"] == 4096  # engine_kwargs pass through as they are
+    assert "context_length" not in random_weights  # no config.json: SGLang's own
+
+
+def test_the_context_length_is_always_explicit_so_prefill_graphs_stay_within_the_model(tmp_path):
+    """SGLang clamps its prefill CUDA graphs to an explicit context length only; a Llama-2 shape (4,096
+    positions) failed in the capture at 8,192 tokens without it."""
+    (tmp_path / "config.json").write_text('{"max_position_embeddings": 4096, "torch_dtype": "float32"}')
+    assert engine_kwargs(SGLangEngineConfig(), str(tmp_path))["context_length"] == 4096
+    assert engine_kwargs(SGLangEngineConfig(context_length=2048), str(tmp_path))["context_length"] == 2048
+
+
+@pytest.mark.parametrize("config, asked, loaded", [
+    ('{"torch_dtype": "bfloat16"}', "auto", "bfloat16"),
+    ('{"torch_dtype": "float32"}', "auto", "float16"),  # SGLang casts float32 checkpoints to float16
+    ('{"dtype": "float32", "model_type": "gemma2"}', "auto", "bfloat16"),  # ... but Gemma to bfloat16
+    ("{}", "auto", "float16"),
+    ('{"torch_dtype": "bfloat16"}', "float16", "float16"),
+])
+def test_the_record_names_the_dtype_sglang_loads_not_auto(tmp_path, config, asked, loaded):
+    (tmp_path / "config.json").write_text(config)
+    assert loaded_dtype(asked, str(tmp_path)) == loaded
 
 
 def test_the_forced_length_is_ignore_eos_without_min_new_tokens():

@@ -5,12 +5,14 @@
 streams cumulative outputs unless ``incremental_streaming_output`` is set) and ``meta_info`` (``finish_reason``
 set on the last). A stamp is the moment the update reached this process; with SGLang's default
 ``stream_interval=1`` that is one update per token, so TTFT, TPOT and ITL read as vLLM's do. Written against the
-sources of sglang 0.5.15 (``sglang/srt/entrypoints/engine.py``, ``managers/tokenizer_manager.py``); not yet run on
-a GPU by this project (issue 20).
+sources of sglang 0.5.15 (``sglang/srt/entrypoints/engine.py``, ``managers/tokenizer_manager.py``); run on an H200
+on SmolLM2 (tests/test_sglang.py's GPU test, 2026-12-02).
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from engines.base import Engine, Generation, SamplingSpec, has_tokenizer, now, require, safetensors_bytes, value_of
@@ -22,7 +24,12 @@ def engine_kwargs(cfg: Any, model_path: str) -> dict[str, Any]:
         "model_path": model_path,
         "dtype": value_of(cfg.dtype),
         "mem_fraction_static": cfg.mem_fraction_static,
-        "context_length": cfg.context_length,
+        # Passed even when it is the model's own: SGLang clamps its prefill CUDA graphs to an explicit context
+        # length only, else captures them up to the chunked-prefill size (8,192 tokens on an H200). On the H200
+        # a Llama-2-shaped model (4,096 positions) failed in that capture (CUBLAS_STATUS_EXECUTION_FAILED at
+        # 8,192 tokens); SGLang 0.5.15 clamps to 4,096 itself only for paths containing "llama-2", and sglang#21112
+        # reports graphs longer than the model's buffers failing. Not yet rerun on the GPU with this clamp.
+        "context_length": cfg.context_length or model_config(model_path).get("max_position_embeddings"),
         "max_running_requests": cfg.max_running_requests,
         "tp_size": cfg.tensor_parallel_size,
         "attention_backend": cfg.attention_backend,
@@ -35,6 +42,12 @@ def engine_kwargs(cfg: Any, model_path: str) -> dict[str, Any]:
         "log_level": "error",
     }
     return {**{key: value for key, value in kwargs.items() if value is not None}, **cfg.engine_kwargs}
+
+
+def model_config(model_path: str) -> dict[str, Any]:
+    """The checkpoint's config.json ({} without one)."""
+    path = Path(model_path) / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def sampling_params(sampling: SamplingSpec, seed: int) -> dict[str, Any]:
@@ -65,6 +78,18 @@ def stamp_stream(chunks: Iterable[dict], count: int, clock: Callable[[], float] 
     return ids, times
 
 
+def loaded_dtype(dtype: Any, model_path: str) -> str:
+    """The dtype SGLang loads: its server info keeps "auto" as asked, and auto means the checkpoint's own 16-bit
+    dtype, float32 (or none stated) cast to float16 (bfloat16 for Gemma), as sglang/srt/configs/model_config.py."""
+    if str(dtype) != "auto":
+        return str(dtype)
+    config = model_config(model_path)
+    stored = config.get("dtype") or config.get("torch_dtype") or "float32"
+    if stored != "float32":
+        return str(stored)
+    return "bfloat16" if str(config.get("model_type", "")).startswith("gemma") else "float16"
+
+
 class SGLangEngine(Engine):
     name = "sglang"
     model_format = "hf"
@@ -79,7 +104,7 @@ class SGLangEngine(Engine):
         info = self.engine.get_server_info()
         self.resolved = {
             "device": "cuda",
-            "dtype": str(info.get("dtype", value_of(self.config.dtype))),
+            "dtype": loaded_dtype(info.get("dtype", value_of(self.config.dtype)), model_path),
             "quantization": str(info.get("quantization") or "none"),
             "sglang_version": sglang.__version__,
             "sglang_attention_backend": info.get("attention_backend"),
