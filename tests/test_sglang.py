@@ -10,7 +10,8 @@ import pytest
 
 from engines.base import ConfigError, DType, SamplingSpec
 from engines.sglang import SGLangEngineConfig
-from engines.sglang.engine import engine_kwargs, loaded_dtype, sampling_params, stamp_stream
+from engines.sglang.engine import (SchedulerFailed, engine_kwargs, loaded_dtype, sampling_params, scheduler_failed,
+                                   stamp_stream)
 from engines.sglang.server import SGLangServer
 
 
@@ -43,6 +44,19 @@ def test_the_context_length_is_always_explicit_so_prefill_graphs_stay_within_the
     (tmp_path / "config.json").write_text('{"max_position_embeddings": 4096, "torch_dtype": "float32"}')
     assert engine_kwargs(SGLangEngineConfig(), str(tmp_path))["context_length"] == 4096
     assert engine_kwargs(SGLangEngineConfig(context_length=2048), str(tmp_path))["context_length"] == 2048
+
+
+def test_a_failed_scheduler_is_the_runs_error_not_a_sigkill_of_the_tree():
+    """SGLang's scheduler SIGQUITs its parent when it fails and SGLang's own handler SIGKILLs the tree (the run read
+    as "killed by SIGKILL", the OOM killer's signature, on the H200); the adapter's handler raises instead."""
+    import signal
+
+    previous = signal.signal(signal.SIGQUIT, scheduler_failed)
+    try:
+        with pytest.raises(SchedulerFailed, match="after 'Scheduler hit an exception'"):
+            signal.raise_signal(signal.SIGQUIT)
+    finally:
+        signal.signal(signal.SIGQUIT, previous)
 
 
 @pytest.mark.parametrize("config, asked, loaded", [

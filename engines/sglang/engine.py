@@ -12,6 +12,7 @@ on SmolLM2 (tests/test_sglang.py's GPU test, 2026-12-02).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -90,6 +91,18 @@ def loaded_dtype(dtype: Any, model_path: str) -> str:
     return "bfloat16" if str(config.get("model_type", "")).startswith("gemma") else "float16"
 
 
+class SchedulerFailed(RuntimeError):
+    """SGLang's scheduler process died; it logs its own traceback ("Scheduler hit an exception") and signals us."""
+
+
+def scheduler_failed(signum: int, frame: Any) -> None:
+    """SGLang's scheduler sends SIGQUIT to its parent when it fails, and SGLang's own handler then SIGKILLs this
+    whole process tree: the run would read "killed by SIGKILL" as if the host ran out of memory. Raising here
+    instead turns it into the run's error, naming where the real one is."""
+    raise SchedulerFailed("SGLang's scheduler process failed; its traceback is in this run's log, after "
+                          "'Scheduler hit an exception'")
+
+
 class SGLangEngine(Engine):
     name = "sglang"
     model_format = "hf"
@@ -100,7 +113,13 @@ class SGLangEngine(Engine):
     def load(self, model_path: str) -> None:
         sglang = require(SGLANG)
         self.model_path = model_path
-        self.engine = sglang.Engine(**engine_kwargs(self.config, model_path))
+        try:
+            self.engine = sglang.Engine(**engine_kwargs(self.config, model_path), custom_sigquit_handler=scheduler_failed)
+        except SchedulerFailed:
+            from sglang.srt.utils import kill_process_tree
+
+            kill_process_tree(os.getpid(), include_parent=False)  # the scheduler's siblings hold the GPU
+            raise
         info = self.engine.get_server_info()
         self.resolved = {
             "device": "cuda",
