@@ -43,7 +43,9 @@ set -uo pipefail
 [ -n "${LLM_BENCH_GIT_COMMIT:-}" ] || echo "warning: LLM_BENCH_GIT_COMMIT unset; records take the copy's .git HEAD" >&2
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+# scripts/sglang_shim first: SGLang 0.5.15 beside the image's transformers 5.17 registers a config twice (the shim
+# says why); it reaches every interpreter, SGLang's spawned processes included, and changes nothing for the others
+export PYTHONPATH=$PWD/scripts/sglang_shim:/tmp/site:$PWD PYTHONUNBUFFERED=1
 export LLM_BENCH_CACHE=/tmp/llm-bench-cache
 export TOKENIZERS_PARALLELISM=false
 export TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16  # ExLlamaV2's JIT build: H100/H200 only, all cores
@@ -71,9 +73,6 @@ ct2() { sweep "$1-ct2" model="$1" engine=ctranslate2 engine.compute_type=float16
 
 for stage in "$@"; do
   echo "#### stage $stage ($(date -u +%H:%M:%S))"
-  # SGLang 0.5.15 beside the image's transformers 5.17: a config registered twice (scripts/sglang_shim says why)
-  case "$stage ${TESTS_K:-}" in *sglang*) export PYTHONPATH=$PWD/scripts/sglang_shim:/tmp/site:$PWD ;;
-    *) export PYTHONPATH=/tmp/site:$PWD ;; esac
   case $stage in
     install)
       bash .devwheels/parts/install.sh || exit 1
