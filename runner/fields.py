@@ -118,7 +118,9 @@ RECORD_FIELDS = (
     Field('`steady_state`, `steady_state_note`',
           "False when the second half of the repetitions' tok/s differs from the first half by more than "
           'the width of the 95 % bootstrap interval of their mean (drift: warming, throttling, a '
-          'neighbour); empty below 5 repetitions (with 3 or 4 the check cannot fail), the note says so'),
+          'neighbour), or when the first repetition lies outside the 99 % prediction interval of the others '
+          '(a warm-up that did not cover the workload: raise `measure.warmup_batches`); empty below 5 '
+          'repetitions (with 3 or 4 the check cannot fail), the note says so'),
     Field('`host_peak_rss_mib`, `host_peak_rss_method`',
           'peak resident memory of the process from model load on (kernel `VmHWM`, reset at load)'),
     Field('`host_peak_rss_tree_mib`',

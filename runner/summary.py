@@ -83,6 +83,8 @@ def print_summary(record: dict[str, Any], console: Console | None = None) -> Non
     ]
     if record.get("batch_size_note"):
         rows.insert(0, ("batch size", str(record["batch_size_note"])))
+    if record.get("steady_state") is False:  # why not: drift, or a first repetition the warm-up did not cover
+        rows.append(("not steady", str(record.get("steady_state_note"))))
     if "spec_verify_steps" in record:  # engine.speculative: the counts and exactness (runner/speculative.py)
         exact = {True: "exact", False: "NOT EXACT", None: "not checked"}[record.get("spec_exact")]
         rows.append(("speculative acceptance / accepted per step",
