@@ -132,6 +132,8 @@ def first_out_of_line(samples: Sequence[float]) -> Optional[str]:
     On an H200, eager HF's first pass over prompt lengths its one warm-up batch had not run read 34-53 % below
     the others (docs/results/speculative-h200-2026-12-02.md); i.i.d. normal noise trips this 1 % of the time."""
     first, rest = float(samples[0]), np.asarray(samples[1:], dtype=float)
+    if rest.size < 2:  # no spread to predict from
+        return None
     half_width = scipy_stats.t.ppf(0.995, rest.size - 1) * rest.std(ddof=1) * np.sqrt(1 + 1 / rest.size)
     if abs(first - rest.mean()) <= half_width:
         return None

@@ -82,6 +82,7 @@ def test_a_first_repetition_the_warm_up_did_not_cover_is_flagged_and_noise_rarel
     noise = np.random.default_rng(2).normal(100.0, 5.0, size=(4000, 6))
     false_alarms = np.mean([first_out_of_line(row) is not None for row in noise])
     assert 0.003 < false_alarms < 0.02  # a 99 % prediction interval: ~1 %
+    assert first_out_of_line([10.0, 100.0]) is None  # one other repetition: no spread to judge by
 
 
 def test_too_few_repetitions_for_a_drift_verdict_give_none_not_steady():

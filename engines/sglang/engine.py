@@ -114,7 +114,8 @@ class SGLangEngine(Engine):
         sglang = require(SGLANG)
         self.model_path = model_path
         try:
-            self.engine = sglang.Engine(**engine_kwargs(self.config, model_path), custom_sigquit_handler=scheduler_failed)
+            self.engine = sglang.Engine(**engine_kwargs(self.config, model_path),
+                                        custom_sigquit_handler=scheduler_failed)
         except SchedulerFailed:
             from sglang.srt.utils import kill_process_tree
 
