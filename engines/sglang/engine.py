@@ -12,7 +12,7 @@ on SmolLM2 (tests/test_sglang.py's GPU test, 2026-12-02).
 from __future__ import annotations
 
 import json
-import os
+import multiprocessing
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -117,9 +117,10 @@ class SGLangEngine(Engine):
             self.engine = sglang.Engine(**engine_kwargs(self.config, model_path),
                                         custom_sigquit_handler=scheduler_failed)
         except SchedulerFailed:
-            from sglang.srt.utils import kill_process_tree
-
-            kill_process_tree(os.getpid(), include_parent=False)  # the scheduler's siblings hold the GPU
+            # SGLang's other processes (multiprocessing children) may hold the GPU; not every child of this
+            # process: the runner's memory sampler is one too, and reads on after this error
+            for child in multiprocessing.active_children():
+                child.kill()
             raise
         info = self.engine.get_server_info()
         self.resolved = {
