@@ -10,7 +10,8 @@
 #   seed-ENGINE  the seed table (issue 5) for one engine option of conf/engine (hf, hf_int8, hf_nf4,
 #             exllamav2, ctranslate2, llamacpp, vllm, vllm_gptq, sglang): Llama-2-7B shapes, ShareGPT prompts,
 #             200 new tokens forced, batch 1/4/16/64 (SEED_BATCHES), one batch of prompts per point
-#             (dataset.limit = batch size), warmed up on it, then measured SEED_REPS times
+#             (dataset.limit = batch size), warmed up on it, then measured SEED_REPS times (SEED_EXTRA:
+#             more overrides, e.g. isolation=worker: one engine start for the four points)
 #   seed-grid the whole +experiment=seed_engines preset (32 points, isolation=worker) in one sweep; the call
 #             stops it cleanly with SIGINT after SEED_GRID_S seconds (default 540) and the next call's same
 #             stage resumes it (finished points are skipped). SEED_EXTRA: more overrides
@@ -143,7 +144,7 @@ for stage in "$@"; do
       COMMON="model=llama2-7b-random dataset=sharegpt dataset.limit=\${batch_size} generation.max_new_tokens=200 measure.repetitions=${SEED_REPS:-3}"
       # CTranslate2's default compute type is the stored float32: the seed compares 16-bit engines.
       extra=""; [ "$stage" = seed-ctranslate2 ] && extra="engine.compute_type=float16"
-      sweep "seed-${stage#seed-}" engine="${stage#seed-}" $extra batch_size="${SEED_BATCHES:-1,4,16,64}" ;;
+      sweep "seed-${stage#seed-}" engine="${stage#seed-}" $extra batch_size="${SEED_BATCHES:-1,4,16,64}" ${SEED_EXTRA:-} ;;
     two-gpus)
       COMMON="model=llama2-7b-random dataset=sharegpt dataset.limit=\${batch_size} generation.max_new_tokens=200 measure.repetitions=3"
       sweep vllm-tp engine=vllm engine.tensor_parallel_size=1,2 batch_size=1,64
