@@ -22,6 +22,7 @@ import atexit
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -88,7 +89,7 @@ def _serve(conn: Connection, keep_engine: bool, preload: tuple[str, ...] = ()) -
 class _Child:
     process: Any
     conn: Connection
-    key: Optional[str]
+    key: Any  # a worker's: worker_key(); a fresh child's: the GPU it may use
     jobs: int = 0  # jobs sent: a worker that got none holds no engine and may still be importing
 
     def kill(self) -> None:
@@ -116,7 +117,7 @@ class _Child:
 _live: set[_Child] = set()  # every run child of this process not yet reaped (kill_children's list)
 
 
-def _start(keep_engine: bool, key: Optional[str], preload: tuple[str, ...] = ()) -> _Child:
+def _start(keep_engine: bool, key: Any, preload: tuple[str, ...] = ()) -> _Child:
     parent_conn, child_conn = _SPAWN.Pipe()
     process = _SPAWN.Process(target=_serve, args=(child_conn, keep_engine, preload), daemon=False,
                              name="bench-run")
@@ -153,12 +154,12 @@ def shutdown_worker() -> None:
 atexit.register(shutdown_worker)
 
 
-def worker_key(cfg: BenchConfig) -> str:
+def worker_key(cfg: BenchConfig) -> dict[str, Any]:
     """What a worker keeps loaded: the engine config and the model (batch size, dataset slice... may vary)."""
     from runner.records import flatten
 
-    return repr(sorted({**flatten(cfg.engine, "engine"), **flatten(cfg.model, "model"),
-                        "cache_dir": cfg.cache_dir, "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}.items()))
+    return ({**flatten(cfg.engine, "engine"), **flatten(cfg.model, "model"),
+                        "cache_dir": cfg.cache_dir, "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")})
 
 
 def _failure(status: str, error: str) -> dict[str, Any]:
@@ -224,10 +225,30 @@ def prestart(cfg: BenchConfig) -> None:
     if cfg.isolation != "worker":
         return
     key = worker_key(cfg)
-    if _worker is not None and _worker.key == key and _worker.process.is_alive():
+    if _worker_fits(key):
         return
     shutdown_worker()
     _worker = _start(keep_engine=True, key=key, preload=_preload(cfg))
+
+
+def _worker_fits(key: dict[str, Any]) -> bool:
+    """Can the kept worker run a point of this key? If it held an engine and cannot, say why on stderr: the
+    point's load_s then counts a new engine start, and a user should see what caused it."""
+    if _worker is None:
+        return False
+    alive = _worker.process.is_alive()
+    if alive and _worker.key == key:
+        return True
+    if _worker.jobs:
+        if not alive:
+            reason = f"its process ended (exit code {_worker.process.exitcode})"
+        else:
+            old, new = _worker.key, key
+            changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+            reason = "the engine/model config changed: " + ", ".join(
+                f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+        print(f"isolation=worker: a new engine start, {reason}", file=sys.stderr, flush=True)
+    return False
 
 
 def _fresh_child() -> _Child:
@@ -255,7 +276,7 @@ def run_isolated(cfg: BenchConfig, work: Any, run_dir: Path, overrides: list[str
         child.stop()
         return record
     key = worker_key(cfg)
-    if _worker is not None and (_worker.key != key or not _worker.process.is_alive()):
+    if _worker is not None and not _worker_fits(key):
         shutdown_worker()
     if _worker is None:
         _worker = _start(keep_engine=True, key=key)

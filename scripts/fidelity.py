@@ -38,6 +38,7 @@ CONFIGS = {
     "vllm": ["engine=vllm"],
     "vllm_gptq": ["engine=vllm_gptq"],
     "exllamav2": ["engine=exllamav2"],
+    "sglang": ["engine=sglang"],
 }
 # A small real workload by default: real ShareGPT prompts through SmolLM2, length forced.
 DEFAULTS = ["dataset.max_prompt_tokens=128", "generation.max_new_tokens=32", "measure.agreement_prompts=0",

@@ -32,3 +32,15 @@ def test_runner_equals_the_engines_own_loop(config, tmp_path, cache_dir, monkeyp
           f"[{row['ratio_ci_low']:.3f}, {row['ratio_ci_high']:.3f}]")
     assert len(row["runner_tok_s"]) == len(row["bare_tok_s"]) == 4
     assert 0.9 < row["ratio"] < 1.1, row
+
+
+def test_every_engine_option_has_a_fidelity_configuration():
+    """Each engine of conf/engine can be checked (issue 16): a configuration of scripts/fidelity.py, and a bare
+    loop of scripts/bare_loops.py for the engine it runs."""
+    import bare_loops
+    import fidelity
+
+    options = {p.stem for p in (ROOT / "conf" / "engine").glob("*.yaml")} - {"ctranslate2_fp16"}  # a dtype of ct2
+    assert options <= set(fidelity.CONFIGS), options - set(fidelity.CONFIGS)
+    engines = {cfg[0].split("=")[1].split("_")[0] for cfg in fidelity.CONFIGS.values()}
+    assert engines <= set(bare_loops.LOOPS), engines - set(bare_loops.LOOPS)

@@ -108,3 +108,22 @@ def test_run_past_timeout_is_killed_and_recorded(tmp_path, cache_dir):
     row = _records(tmp_path / "outputs").iloc[0]
     assert row.status == "timeout" and "timeout_s=2" in row.error
     assert "timeout:" in proc.stderr
+
+
+def test_a_dropped_worker_says_why(capsys):
+    """A worker that held an engine and is replaced: stderr names the changed keys, or the ended process."""
+    from runner import isolation
+
+    isolation._worker = isolation._start(keep_engine=True, key={"engine_dtype": "float32", "model_name": "m"})
+    try:
+        assert isolation._worker_fits({"engine_dtype": "float32", "model_name": "m"})
+        assert capsys.readouterr().err == ""
+        isolation._worker.jobs = 1  # as if it had run a point (a worker without jobs holds no engine: silent)
+        assert not isolation._worker_fits({"engine_dtype": "bfloat16", "model_name": "m"})
+        assert ("a new engine start, the engine/model config changed: engine_dtype 'float32' -> 'bfloat16'"
+                in capsys.readouterr().err)
+        isolation._worker.kill()
+        assert not isolation._worker_fits({"engine_dtype": "float32", "model_name": "m"})
+        assert "a new engine start, its process ended (exit code -9)" in capsys.readouterr().err
+    finally:
+        isolation.kill_children()
