@@ -20,7 +20,7 @@
 #   repeat    the seed's llama.cpp batch-16 point again (resume=false): its tok/s against the first run's CI
 #   serving[-ENGINE]  an engine's OpenAI server (default vllm; serving-sglang for issue 20) on the Llama-2-7B
 #             shape, open-loop Poisson load at 4 / 16 / inf req/s, ShareGPT prompts, 200 tokens forced, SLOs TTFT
-#             1 s and TPOT 50 ms for goodput. SGLang offline: seed-sglang; its fidelity: fidelity-sglang
+#             1 s and TPOT 50 ms for goodput (SERVE_RATES: other rates). SGLang offline: seed-sglang; its fidelity: fidelity-sglang
 #   speculative[-vllm|-hf]  issue 19: vLLM n-gram and draft model on SmolLM2 (real weights) at batch 1/4/16, HF prompt
 #             lookup and assisted generation (draft model) at batch 1/4, against the same points without them:
 #             ShareGPT edit requests (conf/experiment/speculative.yaml), EOS allowed, 128 tokens, 3 repetitions
@@ -100,7 +100,7 @@ for stage in "$@"; do
     serving|serving-*)
       COMMON="scenario=serving model=llama2-7b-random dataset=sharegpt dataset.limit=64 generation.max_new_tokens=200 serving.num_requests=64 serving.slo_ttft_ms=1000 serving.slo_tpot_ms=50"
       served=vllm; [ "$stage" != serving ] && served=${stage#serving-}
-      sweep "serving-$served" engine="$served" serving.request_rate=4,16,inf ;;
+      sweep "serving-$served" engine="$served" serving.request_rate="${SERVE_RATES:-4,16,inf}" ;;
     speculative|speculative-vllm|speculative-hf)
       # issue 19: the CPU preset's slice (ShareGPT edit requests, EOS allowed), longer; SmolLM2 real weights, its own draft
       COMMON="+experiment=speculative dataset.limit=16 generation.max_new_tokens=128 measure.repetitions=3"
