@@ -68,6 +68,11 @@ def build_random_model(name: str, out_dir: Path, cache_dir: Optional[str], force
     model.generation_config = GenerationConfig(**special)
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)  # safetensors
+    # The caller may be the runner's parent process, which then starts a server (scenario=serving): vLLM's failed
+    # with CUDA OOM when the 13 GB of a just-built Llama-2-7B stayed in this process's CUDA caching allocator.
+    del model
+    if cuda:
+        torch.cuda.empty_cache()
     for path in tokenizer_files.iterdir():
         shutil.copy2(path, out_dir / path.name)
 
