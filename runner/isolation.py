@@ -158,8 +158,8 @@ def worker_key(cfg: BenchConfig) -> dict[str, Any]:
     """What a worker keeps loaded: the engine config and the model (batch size, dataset slice... may vary)."""
     from runner.records import flatten
 
-    return ({**flatten(cfg.engine, "engine"), **flatten(cfg.model, "model"),
-                        "cache_dir": cfg.cache_dir, "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")})
+    return {**flatten(cfg.engine, "engine"), **flatten(cfg.model, "model"),
+            "cache_dir": cfg.cache_dir, "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
 def _failure(status: str, error: str) -> dict[str, Any]:
@@ -243,10 +243,10 @@ def _worker_fits(key: dict[str, Any]) -> bool:
         if not alive:
             reason = f"its process ended (exit code {_worker.process.exitcode})"
         else:
-            old, new = _worker.key, key
-            changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+            old = _worker.key
+            changed = sorted(k for k in old.keys() | key.keys() if old.get(k) != key.get(k))
             reason = "the engine/model config changed: " + ", ".join(
-                f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+                f"{k} {old.get(k)!r} -> {key.get(k)!r}" for k in changed)
         print(f"isolation=worker: a new engine start, {reason}", file=sys.stderr, flush=True)
     return False
 

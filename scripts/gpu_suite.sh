@@ -20,7 +20,8 @@
 #   repeat    the seed's llama.cpp batch-16 point again (resume=false): its tok/s against the first run's CI
 #   serving[-ENGINE]  an engine's OpenAI server (default vllm; serving-sglang for issue 20) on the Llama-2-7B
 #             shape, open-loop Poisson load at 4 / 16 / inf req/s, ShareGPT prompts, 200 tokens forced, SLOs TTFT
-#             1 s and TPOT 50 ms for goodput (SERVE_RATES: other rates). SGLang offline: seed-sglang; its fidelity: fidelity-sglang
+#             1 s and TPOT 50 ms for goodput (SERVE_RATES: other rates, e.g. 16,inf). SGLang offline: seed-sglang;
+#             its fidelity: fidelity-sglang
 #   speculative[-vllm|-hf]  issue 19: vLLM n-gram and draft model on SmolLM2 (real weights) at batch 1/4/16, HF prompt
 #             lookup and assisted generation (draft model) at batch 1/4, against the same points without them:
 #             ShareGPT edit requests (conf/experiment/speculative.yaml), EOS allowed, 128 tokens, 3 repetitions
