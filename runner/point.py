@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import traceback
 from pathlib import Path
 from typing import Any, Optional
@@ -40,7 +41,11 @@ def run_point(cfg: BenchConfig, work: Workload, run_dir: Path, overrides: list[s
         if session is None:
             session = EngineSession(work.engine_cls(cfg.engine))
         elif session.loaded_path and on_cuda() and reference_missing(cfg, work.prompts, work.sampling):
-            session.unload()  # the reference needs the GPU that a kept engine may have pre-allocated (vLLM: 90 %)
+            # the reference needs the GPU that a kept engine may have pre-allocated (vLLM, SGLang: ~90 %)
+            print("isolation=worker: the loaded engine is closed to run the greedy reference on new prompts "
+                  "(measure.agreement_prompts); this point's load_s counts the engine's new start",
+                  file=sys.stderr, flush=True)
+            session.unload()
         reference = wanted_reference(cfg, work.prompts, work.sampling)  # cached; before any timing
         # the same engine without speculation, made before the measured engine loads (a kept one is closed first)
         spec_reference = plain_reference(cfg, work, prepared.path, make_room=session.unload)
