@@ -23,11 +23,19 @@ from runner.config import ConfigError, register_configs, to_bench_config, valida
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 register_configs()
-_failed_runs: list[str] = []  # one line each: status, run dir, error
-_skipped_runs: list[str] = []
-_finished_runs: list[str] = []
-_hydra_dirs: set[Path] = set()  # directories Hydra made for this invocation's points: pruned if left empty
-_running: list[Path] = []  # the run directory claimed by the point in progress (at most one)
+
+
+@dataclasses.dataclass
+class _Invocation:
+    """What one `python -m runner ...` has done so far (Hydra calls main() once per point; _cli reads this)."""
+    failed: list[str] = dataclasses.field(default_factory=list)  # one line each: status, run dir, error
+    skipped: list[str] = dataclasses.field(default_factory=list)
+    finished: list[str] = dataclasses.field(default_factory=list)
+    hydra_dirs: set[Path] = dataclasses.field(default_factory=set)  # Hydra's point dirs: pruned if left empty
+    running: list[Path] = dataclasses.field(default_factory=list)  # the point in progress's run dir (at most one)
+
+
+_now = _Invocation()  # replaced by each _cli() call: one invocation's outcomes never mix with another's
 # Hydra's launcher configs that come with a plugin package, and the extra of pyproject.toml that installs it
 LAUNCHER_PLUGINS = {"joblib": "launchers", "ray": "ray", "submitit_local": "submitit", "submitit_slurm": "submitit"}
 
@@ -37,7 +45,7 @@ def _refuse(exc: Exception) -> None:
     sys.exit(2)
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base=None)
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)  # absolute: the same from -m and an import
 def main(cfg: DictConfig) -> None:
     # Imported here so `--help` and config errors stay fast.
     from runner.plan import plan
@@ -49,7 +57,7 @@ def main(cfg: DictConfig) -> None:
     disable_nvlink_multicast()  # before any child starts: they inherit it
     hydra_cfg = HydraConfig.get()
     requested_dir = Path(hydra_cfg.runtime.output_dir)
-    _hydra_dirs.add(requested_dir)
+    _now.hydra_dirs.add(requested_dir)
     try:
         bench = to_bench_config(cfg)
         if bench.scenario == "offline":
@@ -66,7 +74,7 @@ def main(cfg: DictConfig) -> None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     done = completed_record(bench, work, Path(hydra_cfg.sweep.dir) if multirun else None) if bench.resume else None
     if done is not None:  # resume: a complete record of this point exists (runner/resume.py); nothing is written
-        _skipped_runs.append(done["run_dir"])
+        _now.skipped.append(done["run_dir"])
         print(f"skipped (complete record with run_key {done['run_key']}: {done['run_dir']}); "
               "resume=false reruns it")
         return
@@ -74,23 +82,23 @@ def main(cfg: DictConfig) -> None:
 
     overrides = list(hydra_cfg.overrides.task)
     run_dir = rundir.claim(requested_dir)  # Hydra's directory, or a fresh sibling if an earlier run's is there
-    _running.append(run_dir)
+    _now.running.append(run_dir)
     try:
         rundir.save_config(run_dir, cfg, hydra_cfg, overrides)
         with claim_gpu(parallel_jobs(hydra_cfg.launcher)):
             record = execute(bench, work, run_dir, overrides)
     except Exception as exc:  # no record was written (an interrupt is the caller's: _interrupted releases)
-        _running.remove(run_dir)
+        _now.running.remove(run_dir)
         rundir.release(run_dir)
         if isinstance(exc, ConfigError):
             _refuse(exc)
         raise
-    _running.remove(run_dir)
+    _now.running.remove(run_dir)
     print_summary(record)
-    _finished_runs.append(record["run_dir"])
+    _now.finished.append(record["run_dir"])
     if record["status"] != "ok":
         error = (record.get("error") or "").strip().splitlines()
-        _failed_runs.append(f"{record['status']}: {record['run_dir']}: {error[0][:200] if error else ''}")
+        _now.failed.append(f"{record['status']}: {record['run_dir']}: {error[0][:200] if error else ''}")
 
 
 def _check_sweep(argv: list[str]) -> None:
@@ -167,16 +175,18 @@ def _stop_children() -> None:
 def _interrupted(exc: KeyboardInterrupt) -> int:
     signum = getattr(exc, "signum", signal.SIGINT)
     _stop_children()
-    where = f"the point in {_running[0]} was stopped and left nothing" if _running else "no point was running"
-    for run_dir in _running:
+    where = f"the point in {_now.running[0]} was stopped and left nothing" if _now.running else "no point was running"
+    for run_dir in _now.running:
         rundir.release(run_dir)
-    kept = f"{len(_finished_runs)} finished point(s) kept" if _finished_runs else "no point had finished"
+    kept = f"{len(_now.finished)} finished point(s) kept" if _now.finished else "no point had finished"
     print(f"interrupted by {signal.Signals(signum).name}: {where}; {kept}. Run the same command again to resume "
           "(finished points are skipped).", file=sys.stderr)
     return 128 + signum
 
 
 def _cli() -> int:
+    global _now
+    _now = _Invocation()
     # Let composition errors reach us instead of Hydra's multi-line report (runs catch their own errors).
     os.environ["HYDRA_FULL_ERROR"] = "1"
     interrupts.install(on_exit_now=_stop_children)
@@ -197,12 +207,12 @@ def _cli() -> int:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     finally:
-        for directory in _hydra_dirs:
+        for directory in _now.hydra_dirs:
             rundir.prune(directory)
-    if _skipped_runs:
-        print(f"{len(_skipped_runs)} point(s) skipped: a complete record exists (resume=false reruns them)")
-    if _failed_runs:
-        print(f"{len(_failed_runs)} run(s) failed:\n  " + "\n  ".join(_failed_runs), file=sys.stderr)
+    if _now.skipped:
+        print(f"{len(_now.skipped)} point(s) skipped: a complete record exists (resume=false reruns them)")
+    if _now.failed:
+        print(f"{len(_now.failed)} run(s) failed:\n  " + "\n  ".join(_now.failed), file=sys.stderr)
         return 1
     return 0
 

@@ -24,7 +24,8 @@ class Interrupted(KeyboardInterrupt):
 
 def install(on_exit_now: Callable[[], None]) -> None:
     """Take over SIGINT and SIGTERM in this (main) process; ``on_exit_now`` runs before a second signal's exit."""
-    _on_exit_now.append(on_exit_now)
+    if on_exit_now not in _on_exit_now:  # a second install in one process (tests run the CLI in theirs)
+        _on_exit_now.append(on_exit_now)
     signal.signal(signal.SIGINT, _first)
     signal.signal(signal.SIGTERM, _first)
 

@@ -53,9 +53,49 @@ def runner_env(cache_dir: str) -> dict[str, str]:
 
 def run_runner(cwd, cache_dir: str, *args: str, module: str = "runner", timeout: float = 900
                ) -> subprocess.CompletedProcess:
-    """Run `python -m <module> <args>` in cwd (so outputs/ lands there), with the shared model cache."""
+    """Run `python -m <module> <args>` in cwd (so outputs/ lands there), with the shared model cache.
+
+    A run with isolation=none (IN_PROCESS) and Hydra's own launcher runs in this interpreter, through the same
+    entry point: nothing of it needs a process of its own, and a new interpreter costs seconds of imports
+    (torch, transformers) per call. Everything else (process isolation, launchers, signals) is a subprocess."""
+    if module == "runner" and IN_PROCESS in args and not any("hydra/launcher" in a for a in args):
+        return _run_cli_here(cwd, cache_dir, list(args))
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=runner_env(cache_dir),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def _run_cli_here(cwd, cache_dir: str, args: list[str]) -> subprocess.CompletedProcess:
+    """`python -m runner <args>` in this process: its exit code, stdout and stderr as a subprocess's would be.
+    The process-wide state the CLI changes (cwd, argv, environment, signal handlers, warning options) is
+    restored afterwards."""
+    import contextlib
+    import io
+    import signal
+
+    from runner import __main__ as cli
+    from runner import plan
+
+    plan._slice_ids.cache_clear()  # a new process reads the prompts again (a test may have edited the file)
+    saved = (os.getcwd(), sys.argv, dict(os.environ), list(sys.warnoptions),
+             {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)})
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        os.chdir(cwd)
+        sys.argv = ["runner", *args]
+        os.environ.update(LLM_BENCH_CACHE=cache_dir, HYDRA_FULL_ERROR="0")
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli._cli()
+            except SystemExit as exc:  # what `sys.exit(_cli())` and the CLI's own sys.exit calls give
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        cwd_before, sys.argv, environ, sys.warnoptions[:], handlers = saved
+        os.chdir(cwd_before)
+        os.environ.clear()
+        os.environ.update(environ)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return subprocess.CompletedProcess(["python", "-m", "runner", *args], code, out.getvalue(), err.getvalue())
 
 
 def markdown_rows(text: str, header_start: str) -> list[dict[str, str]]:
