@@ -71,3 +71,20 @@ def test_the_registry_and_configs_import_no_engine_package():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def _engine_names() -> list[str]:
+    import engines
+
+    return engines.names()
+
+
+@pytest.mark.parametrize("name", _engine_names())
+def test_closing_an_engine_that_never_loaded_does_nothing(name):
+    """A run that fails before its load (a bad path, an interrupt) still closes its engine: that must not raise
+    over the real error (HF's close read the device its load sets)."""
+    import engines
+
+    engine = engines.get_engine_class(name)(engines.config_class(name)())
+    engine.close()
+    engine.close()

@@ -227,5 +227,5 @@ class HFEngine(Engine):
     def close(self) -> None:
         self.__dict__.pop("speculation", None)
         super().close()
-        if self.device.type == "cuda":
+        if getattr(self, "device", None) is not None and self.device.type == "cuda":  # None: never loaded
             torch.cuda.empty_cache()
