@@ -45,7 +45,8 @@ def _refuse(exc: Exception) -> None:
     sys.exit(2)
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)  # absolute: the same from -m and an import
+# An absolute path: the same config whether the module runs as `python -m runner` or is imported (tests)
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     # Imported here so `--help` and config errors stay fast.
     from runner.plan import plan
