@@ -42,7 +42,7 @@ def run_point(cfg: BenchConfig, work: Workload, run_dir: Path, overrides: list[s
             session = EngineSession(work.engine_cls(cfg.engine))
         elif session.loaded_path and on_cuda() and reference_missing(cfg, work.prompts, work.sampling):
             # the reference needs the GPU that a kept engine may have pre-allocated (vLLM, SGLang: ~90 %)
-            print("isolation=worker: the loaded engine is closed to run the greedy reference on new prompts "
+            print("the kept engine is closed to run the greedy reference on new prompts "
                   "(measure.agreement_prompts); this point's load_s counts the engine's new start",
                   file=sys.stderr, flush=True)
             session.unload()

@@ -64,6 +64,7 @@ class HFEngine(Engine):
     model_format = "hf"
     streams_tokens = True
     packages = ("transformers", "accelerate", "bitsandbytes")
+    device: Optional[torch.device] = None  # set by load
 
     @classmethod
     def requirements(cls, config) -> tuple[Requirement, ...]:
@@ -227,5 +228,5 @@ class HFEngine(Engine):
     def close(self) -> None:
         self.__dict__.pop("speculation", None)
         super().close()
-        if getattr(self, "device", None) is not None and self.device.type == "cuda":  # None: never loaded
+        if self.device is not None and self.device.type == "cuda":
             torch.cuda.empty_cache()
