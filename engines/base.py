@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 import struct
 import time
 from abc import ABC, abstractmethod
@@ -229,6 +230,14 @@ class Engine(ABC):
 def now() -> float:
     """The one clock every timestamp uses: monotonic, high resolution, in seconds."""
     return time.perf_counter()
+
+
+def own_code_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for a ``python -m runner.X`` / ``engines.X`` helper process: this very copy of the project first on
+    its path. A checkout run without ``pip install -e``, or beside an install of another copy, would otherwise
+    fail to start the helper or start another version's code."""
+    here = str(Path(__file__).resolve().parent.parent)
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))}
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")

@@ -29,6 +29,8 @@ from typing import Any, Optional
 
 import psutil
 
+from engines.base import own_code_env
+
 MIB = 2**20
 CHILDREN_REFRESH_S = 0.5
 HOST_ONLY_MAX_HZ = 10.0  # no GPU to sample: host RSS alone (module doc)
@@ -216,7 +218,8 @@ class MemorySampler:
     def start(self) -> None:
         baseline = "" if self.baseline_bytes is None else str(self.baseline_bytes)
         self._proc = subprocess.Popen([sys.executable, "-m", "runner.memory", str(self.root), str(self.hz), baseline],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                      env=own_code_env(dict(os.environ)))
         ready = self._proc.stdout.readline().strip()
         if ready != "ready":
             self._proc.kill()

@@ -141,6 +141,24 @@ def test_the_sampler_process_hands_back_the_baseline_it_used():
         assert sampler.baseline_bytes == expected and "_device_baseline_bytes" not in sampler.fields()
 
 
+def test_the_sampler_runs_this_copy_of_the_runner_not_another_one_on_the_path(tmp_path, monkeypatch):
+    """Another copy of the project first on PYTHONPATH (an install of another checkout, say) must not be what
+    the sampler process runs; a checkout run without any install must start it too."""
+    from runner.memory import MemorySampler
+
+    other = tmp_path / "runner"
+    other.mkdir()
+    (other / "__init__.py").write_text("")
+    (other / "memory.py").write_text("raise SystemExit(3)  # another version's sampler\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # `python -m` puts the working directory first: not the checkout
+    sampler = MemorySampler(100.0)
+    sampler.start()
+    sampler.stop()
+    assert sampler.fields()["host_peak_rss_tree_mib"] > 0
+
+
 def test_energy_fields_by_hand():
     from runner.energy import EnergyMeter, energy_fields
 

@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Any, Optional
 
-from engines.base import Requirement, require
+from engines.base import Requirement, own_code_env, require
 from engines.llamacpp import LLAMA_CPP
 from engines.llamacpp.engine import end_of_generation_ids, gguf_file, physical_cores, use_extra_buffers
 from engines.server import Server
@@ -55,7 +55,8 @@ class LlamaCppServer(Server):
 
     def env(self) -> dict[str, str]:
         # serve.py sets llama.cpp's extra CPU buffers from this, as the offline engine sets them
-        return {**os.environ, "LLM_BENCH_LLAMACPP_EXTRA_BUFFERS": "1" if use_extra_buffers(self.config) else "0"}
+        return own_code_env({**os.environ,
+                             "LLM_BENCH_LLAMACPP_EXTRA_BUFFERS": "1" if use_extra_buffers(self.config) else "0"})
 
     def forcing_fields(self, max_tokens: int, ignore_eos: bool) -> dict[str, Any]:
         if not ignore_eos:
