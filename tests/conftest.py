@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import FAST, IN_PROCESS, run_runner, smollm2_spec
+from tests.sharing import pin_worker_to_its_cpu, assign_worker_groups, run_alone_or_beside
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects on the markers
@@ -23,6 +24,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(pytest.mark.slow)
+    assign_worker_groups(items)
     try:
         import torch
 
@@ -35,6 +37,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_configure(config):
+    pin_worker_to_its_cpu()  # under pytest-xdist; before any test module imports torch (tests/sharing.py)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Setup, call and teardown of a test (its fixtures included) under the workers' shared lock: a test marked
+    `exclusive` holds it alone, on every CPU (tests/sharing.py)."""
+    with run_alone_or_beside(exclusive="exclusive" in item.keywords,
+                             keep=nextitem is not None and "exclusive" in nextitem.keywords):
+        yield
 
 
 def pytest_runtest_logreport(report):

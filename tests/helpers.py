@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from engines.base import SamplingSpec
+
 ROOT = Path(__file__).resolve().parent.parent
 # Small real workload: a handful of real ShareGPT prompts, short outputs. Runs in seconds on 2 CPU cores.
 FAST = ["dataset.limit=4", "dataset.max_prompt_tokens=128", "generation.max_new_tokens=8"]
@@ -163,3 +165,19 @@ def spec(method: str, **kwargs):
     from engines.speculative import SpeculativeConfig, SpecMethod
 
     return SpeculativeConfig(method=SpecMethod(method), **kwargs)
+
+
+# ---------------------------------------------------------------- speculative decoding (issue 19)
+# Requests whose answers quote them (SmolLM2's greedy answers begin by copying the sentence): prompt lookup
+# finds drafts within a few tokens, so a few tokens test it
+QUESTIONS = ["Repeat this sentence exactly: 'The quick brown fox jumps over the lazy dog near the river bank.'",
+             "Correct the spelling in this sentence: 'The quik brown fox jumpd over the lazy dog near the rivr bank.'"]
+GREEDY = SamplingSpec(max_new_tokens=16, ignore_eos=False, temperature=0.0)
+
+
+def assert_counts_consistent(counts, num_tokens: int) -> None:
+    """Filled, and the distribution adds up to the totals (element k: steps that accepted k tokens)."""
+    assert counts is not None and counts.source and counts.drafts > 0
+    assert counts.drafts == sum(counts.accepted_hist)
+    assert counts.accepted_tokens == sum(k * n for k, n in enumerate(counts.accepted_hist))
+    assert counts.accepted_tokens <= counts.drafted_tokens <= counts.drafts * num_tokens

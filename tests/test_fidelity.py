@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive
 @pytest.mark.parametrize("config", ["hf", "llamacpp", "ctranslate2"])
 def test_runner_equals_the_engines_own_loop(config, tmp_path, cache_dir, monkeypatch):
     pytest.importorskip({"hf": "transformers", "llamacpp": "llama_cpp", "ctranslate2": "ctranslate2"}[config])

