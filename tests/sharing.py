@@ -48,15 +48,34 @@ def _lock_file(name: str):
 _SHARED_FIXTURES = ("sweep", "records", "raw")
 
 
-def assign_worker_groups(items) -> None:
-    """Each test's xdist group: its module's (module fixtures are built once), or one group for every module
-    that uses the shared sweep."""
+def assign_worker_groups(items: list) -> None:
+    """Each test's xdist group, and the exclusive tests first (in place).
+
+    The `exclusive` tests form one group that runs first, back to back: one wait for the other worker's first
+    test, then the whole machine for all of them (each waiting for the other worker's test in flight cost
+    minutes). A test of theirs' modules that shares a module fixture with them joins them (built once). The
+    others: their module's group (module fixtures built once), or one group for every module that uses the
+    shared sweep."""
     import pytest
 
+    def module_fixtures(item) -> set[str]:
+        return {name for name, defs in item._fixtureinfo.name2fixturedefs.items() if defs[-1].scope == "module"}
+
+    exclusive = [item for item in items if "exclusive" in item.keywords]
+    with_them = set().union(*(module_fixtures(item) for item in exclusive)) if exclusive else set()
+    first = [item for item in items if item in exclusive or module_fixtures(item) & with_them]
     sharing = {item.module.__name__ for item in items if set(item.fixturenames) & set(_SHARED_FIXTURES)}
+    groups: dict[str, list] = {}
     for item in items:
         module = item.module.__name__
-        item.add_marker(pytest.mark.xdist_group("shared-sweep" if module in sharing else module))
+        group = "exclusive" if item in first else "shared-sweep" if module in sharing else module
+        item.add_marker(pytest.mark.xdist_group(group))
+        groups.setdefault(group, []).append(item)
+    # Then the groups with the most end-to-end (slow, not GPU) tests, so that no long group starts last
+    # (`--no-loadscope-reorder` keeps this order)
+    rest = sorted((g for name, g in groups.items() if name != "exclusive"),
+                  key=lambda g: -sum("slow" in item.keywords and "gpu" not in item.keywords for item in g))
+    items[:] = groups.get("exclusive", []) + [item for g in rest for item in g]
 
 
 _held = None  # the lock file an exclusive test keeps for the next one (module doc: consecutive exclusive tests)
