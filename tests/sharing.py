@@ -53,7 +53,7 @@ def assign_worker_groups(items: list) -> None:
 
     The `exclusive` tests form one group that runs first, back to back: one wait for the other worker's first
     test, then the whole machine for all of them (each waiting for the other worker's test in flight cost
-    minutes). A test of theirs' modules that shares a module fixture with them joins them (built once). The
+    minutes). A test of their modules that shares a module fixture with them joins them (built once). The
     others: their module's group (module fixtures built once), or one group for every module that uses the
     shared sweep."""
     import pytest
