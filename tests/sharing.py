@@ -4,8 +4,10 @@ Engines spin their threads (OpenMP in torch, ggml's pool in llama.cpp): two proc
 thread per core on a shared pair of cores wait on each other at every step (the default benchmark, 41 s alone,
 was still running after 11 min beside a served llama.cpp). So each worker is pinned to a core of its own, and
 what it starts inherits that: torch, llama.cpp (engines/llamacpp: physical_cores) and the runner size their
-threads from the CPUs they may use. A test whose assertions are about speed or timing is marked `exclusive`:
-it waits until no other test runs, then runs alone on every CPU, as a user's run does. Without xdist
+threads from the CPUs they may use. A test that holds wall-clock times to milliseconds (a served load's send
+schedule, a hand-timed request) is marked `exclusive`: it waits until no other test runs, then runs alone on
+every CPU, as a user's run does. A ratio of two figures measured alternately on one core (the fidelity tests:
+runner against the engine's bare loop) needs no exclusivity: both sides share that core alike. Without xdist
 (plain `pytest`) none of this does anything.
 """
 

@@ -19,7 +19,6 @@ def _outputs(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.exclusive  # the README's command, run as a user runs it: alone, every CPU
 def test_default_benchmark_runs_end_to_end(run_cli, tmp_path):
     proc = run_cli()
     assert proc.returncode == 0, proc.stderr[-3000:]
