@@ -65,7 +65,7 @@ def assign_worker_groups(items: list) -> None:
 
     exclusive = [item for item in items if "exclusive" in item.keywords]
     with_them = set().union(*(module_fixtures(item) for item in exclusive)) if exclusive else set()
-    first = [item for item in items if item in exclusive or module_fixtures(item) & with_them]
+    first = {item for item in items if "exclusive" in item.keywords or module_fixtures(item) & with_them}
     sharing = {item.module.__name__ for item in items if set(item.fixturenames) & set(_SHARED_FIXTURES)}
     groups: dict[str, list] = {}
     for item in items:

@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from tests.helpers import IN_PROCESS, ROOT, TINY, run_runner
+from tests.helpers import IN_PROCESS, TINY, run_runner, runner_env
 
 pytestmark = pytest.mark.slow  # real CLI runs in subprocesses
 # The rerun tests are about which records are kept, not about where a point runs: their points run in-process.
@@ -100,9 +100,7 @@ def test_edited_prompts_are_a_new_point_not_a_resumed_one(tmp_path, cache_dir):
 
 
 def _start_sweep(tmp_path, cache_dir, *args) -> subprocess.Popen:
-    env = {**os.environ, "LLM_BENCH_CACHE": cache_dir, "HYDRA_FULL_ERROR": "0",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=tmp_path, env=env, text=True,
+    return subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=tmp_path, env=runner_env(cache_dir), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
