@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,26 +85,84 @@ def compare(label: str, batch_sizes: list[int], batches: int, rounds: int, overr
             session = session or EngineSession(work.engine_cls(cfg.engine))
             bare = bare_loops.LOOPS[bare_loop or cfg.engine.name]
             prompts = chunk(work.prompts, batch_size)
-            runner_tok_s, bare_tok_s = [], []
+            new_tokens = cfg.generation.max_new_tokens
+            tok_s = {"runner": [], "bare": []}
+            steal = {"runner": [], "bare": []}
             for r in range(rounds):
                 for side in ("runner", "bare") if r % 2 == 0 else ("bare", "runner"):  # ABBA: drift hits both
+                    before = cpu_steal_jiffies()
                     if side == "runner":
                         record = run_point(cfg, work, workdir / f"{label}-bs{batch_size}-{r}", [], session=session)
                         if record["status"] != "ok":
                             raise RuntimeError(f"{label}: runner run failed: {record['error']}")
-                        runner_tok_s.append(record["output_tok_s"])
+                        tok_s["runner"].append(record["output_tok_s"])
                         session.warm = True
                     else:
                         if r == 0:  # its own warm-up: a whole pass (one batch left ExLlamaV2's first rounds cold)
-                            bare(session.engine, prompts, cfg.generation.max_new_tokens)
-                        tokens, seconds = bare(session.engine, prompts, cfg.generation.max_new_tokens)
-                        bare_tok_s.append(tokens / seconds)
-            rows.append(_row(label, batch_size, runner_tok_s, bare_tok_s))
+                            bare(session.engine, prompts, new_tokens)
+                        # and, like the runner's run (measure.warmup_batches), its first batches just before
+                        # timing: both timed passes then start with the host and device busy, not after a pause
+                        bare(session.engine, prompts[:cfg.measure.warmup_batches], new_tokens)
+                        tokens, seconds = bare(session.engine, prompts, new_tokens)
+                        tok_s["bare"].append(tokens / seconds)
+                    steal[side].append(steal_share(before, cpu_steal_jiffies()))
+                print(f"  {label} bs{batch_size} round {r}: runner {tok_s['runner'][-1]:,.1f} tok/s, bare "
+                      f"{tok_s['bare'][-1]:,.1f} tok/s; host CPU stolen {_percent(steal['runner'][-1])} / "
+                      f"{_percent(steal['bare'][-1])}", flush=True)
+            rows.append({**_row(label, batch_size, tok_s["runner"], tok_s["bare"]),
+                         "runner_host_steal": steal["runner"], "bare_host_steal": steal["bare"]})
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     finally:
         if session is not None:
             session.close()
     return rows
+
+
+def host_speed_probe(seconds: float) -> dict:
+    """The host's own steadiness: a fixed pure-Python workload (~10 ms) timed back to back for ``seconds``, the
+    GPU idle. An engine bound by its host (eager HF issues every kernel from Python) can be no steadier than
+    this: its CV over one-second windows is the floor of a host-bound row's round-to-round spread."""
+    def work() -> int:
+        total = 0
+        for i in range(200_000):
+            total += i & 7
+        return total
+
+    stamps, durations, before = [], [], cpu_steal_jiffies()
+    end = time.perf_counter() + seconds
+    while (start := time.perf_counter()) < end:
+        work()
+        stamps.append(start)
+        durations.append(time.perf_counter() - start)
+    stamps, durations = np.array(stamps), np.array(durations)
+    windows = [durations[(stamps >= t) & (stamps < t + 1)].mean() for t in np.arange(stamps[0], stamps[-1] - 0.5, 1.0)]
+    return {"seconds": seconds, "items": len(durations), "item_ms_median": float(np.median(durations) * 1e3),
+            "item_cv": float(durations.std() / durations.mean()),
+            "window_1s_cv": float(np.std(windows) / np.mean(windows)) if len(windows) > 1 else None,
+            "slowest_over_fastest_window": float(max(windows) / min(windows)) if windows else None,
+            "steal": steal_share(before, cpu_steal_jiffies())}
+
+
+def cpu_steal_jiffies() -> tuple[int, int] | None:
+    """(stolen, total) CPU time of the whole machine so far, from /proc/stat (Linux): on a virtual machine,
+    the time its CPUs were ready to run but the hypervisor ran someone else. A host-bound engine (eager HF at
+    batch 1) slows by that much, on both sides of the comparison alike; the rows keep it per round to show
+    whether a round's spread is the host's."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])  # user..steal; guest time is inside user
+
+
+def steal_share(before, after) -> float | None:
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def _percent(share: float | None) -> str:
+    return "—" if share is None else f"{share * 100:.1f} %"
 
 
 def _row(label: str, batch_size: int, runner_tok_s: list[float], bare_tok_s: list[float]) -> dict:
@@ -139,12 +198,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--bare-loop", choices=sorted(bare_loops.LOOPS),
                         help="time this loop of scripts/bare_loops.py instead of the engine's own (an ablation)")
+    parser.add_argument("--host-probe-s", type=float, default=10.0,
+                        help="first time a fixed Python workload this long: the host's own spread (0: skip)")
     parser.add_argument("--out", type=Path, help="write the table (.md) and raw figures (.json) here")
     args, overrides = parser.parse_known_args()
     unknown = [e for e in args.engines.split(",") if e not in CONFIGS]
     if unknown:
         sys.exit(f"--engines: unknown {', '.join(unknown)}; valid: {', '.join(CONFIGS)}")
     rows = []
+    probe = host_speed_probe(args.host_probe_s) if args.host_probe_s > 0 else None
+    if probe:
+        print(f"host probe ({probe['seconds']:.0f} s of a fixed Python workload): one-second windows' CV "
+              f"{_percent(probe['window_1s_cv'])}, slowest / fastest window {probe['slowest_over_fastest_window']:.2f}, "
+              f"CPU stolen {_percent(probe['steal'])}", flush=True)
     with tempfile.TemporaryDirectory(prefix="fidelity_") as tmp:
         for label in args.engines.split(","):
             rows += compare(label, list(map(int, args.batch_sizes.split(","))), args.batches, args.rounds,
@@ -153,7 +219,7 @@ def main() -> None:
     print(text)
     if args.out:
         args.out.with_suffix(".md").write_text(text + "\n")
-        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+        args.out.with_suffix(".json").write_text(json.dumps({"host_probe": probe, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@
 #             (FID_EXTRA: more runner overrides, e.g. engine.compute_type=float16 for ctranslate2; FID_ROUNDS;
 #             FID_ARGS: more script arguments, e.g. --bare-loop ctranslate2_stamped; FID_TAG: a file-name suffix;
 #             FID_PIN: CPUs to pin both sides to, e.g. 2-3: is a host-bound engine's round-to-round spread the
-#             scheduler moving the Python thread?)
+#             scheduler moving the Python thread?). Logs the host (vmstat) and GPU clocks (nvidia-smi) once a second beside it
 #   hf-static-cv  the compiled HF mode from the CLI (fresh process), batch 1 and 16, 200 tokens, with the
 #             stopping rule on: repetitions until the 95 % interval is within ±3 % (at most 12)
 #   two-gpus  issue 18 on a 2-GPU machine (kind nvidia-h200-x2): vLLM at tensor_parallel_size 1 and 2, batch 1 and
@@ -117,9 +117,14 @@ for stage in "$@"; do
     fidelity-*)
       configs=${stage#fidelity-}
       name=fidelity-${configs//,/_}${FID_TAG:-}
+      # beside it, once a second: the host (vmstat: run queue, CPU stolen by the hypervisor) and the GPU's clocks
+      vmstat -t 1 > "$OUT/$name.vmstat" 2>&1 & watch_host=$!
+      nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,utilization.gpu,pstate --format=csv -l 1 \
+        > "$OUT/$name.smi.csv" 2>&1 & watch_gpu=$!
       ${FID_PIN:+taskset -c $FID_PIN} python scripts/fidelity.py --engines "$configs" --batch-sizes "${FID_BATCHES:-1,16}" --rounds "${FID_ROUNDS:-3}" \
         --out "$OUT/$name" ${FID_ARGS:-} $FIDELITY_WORKLOAD ${FID_EXTRA:-} 2>&1 | grep --line-buffered -vE "it/s\]|s/it\]|batch/s\]" \
-        | tee "$OUT/$name.log" | tail -n 30 ;;
+        | tee "$OUT/$name.log" | tail -n 30
+      kill $watch_host $watch_gpu 2>/dev/null ;;
     hf-static-cv)
       COMMON="model=llama2-7b-random dataset=synthetic dataset.input_len=128 dataset.limit=\${batch_size} generation.max_new_tokens=200 measure.repetitions=3 measure.target_rel_ci=0.03 measure.max_repetitions=12"
       sweep hf-static-cv engine=hf engine.cache_implementation=static engine.compile=true batch_size=1,16 ;;
