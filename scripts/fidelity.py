@@ -177,14 +177,30 @@ def _row(label: str, batch_size: int, runner_tok_s: list[float], bare_tok_s: lis
             "runner_cv": spread(runner_tok_s), "bare_cv": spread(bare_tok_s)}
 
 
+TOLERANCE = 0.03  # issue 16: the runner's figure within ±3 % of the engine's own
+
+
+def verdict(row: dict) -> str:
+    """What the interval shows: equal within ±3 %, a difference beyond it, or nothing yet (an interval wider
+    than the tolerance that holds 1: the rounds spread too much, e.g. an engine bound by a noisy host)."""
+    low, high = row["ratio_ci_low"], row["ratio_ci_high"]
+    if 1 - TOLERANCE <= low and high <= 1 + TOLERANCE:
+        return "equal within ±3 %"
+    if high < 1 - TOLERANCE or low > 1 + TOLERANCE:
+        return "differs by more than 3 %"
+    if high < 1 or low > 1:
+        return "differs (interval excludes 1)"
+    return "unresolved: rounds spread too much"
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| config | batch | runner tok/s | bare tok/s | runner / bare [95 % CI] | CV runner / bare |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| config | batch | runner tok/s | bare tok/s | runner / bare [95 % CI] | CV runner / bare | verdict |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
         cv = " / ".join("—" if v is None else f"{v * 100:.1f} %" for v in (row["runner_cv"], row["bare_cv"]))
         lines.append(f"| {row['config']} | {row['batch_size']} | {np.mean(row['runner_tok_s']):,.1f} | "
                      f"{np.mean(row['bare_tok_s']):,.1f} | {row['ratio']:.3f} [{row['ratio_ci_low']:.3f}, "
-                     f"{row['ratio_ci_high']:.3f}] | {cv} |")
+                     f"{row['ratio_ci_high']:.3f}] | {cv} | {verdict(row)} |")
     return "\n".join(lines)
 
 

@@ -45,3 +45,28 @@ def test_every_engine_option_has_a_fidelity_configuration():
     assert options <= set(fidelity.CONFIGS), options - set(fidelity.CONFIGS)
     engines = {cfg[0].split("=")[1].split("_")[0] for cfg in fidelity.CONFIGS.values()}
     assert engines <= set(bare_loops.LOOPS), engines - set(bare_loops.LOOPS)
+
+
+@pytest.mark.parametrize("interval, expected", [
+    ((0.98, 1.02), "equal within ±3 %"),
+    ((0.90, 0.95), "differs by more than 3 %"),
+    ((0.96, 0.99), "differs (interval excludes 1)"),
+    ((0.80, 1.20), "unresolved: rounds spread too much"),  # eager HF on a noisy host: nothing shown either way
+])
+def test_the_table_says_what_each_interval_shows(interval, expected):
+    import fidelity
+
+    row = {"config": "hf", "batch_size": 1, "runner_tok_s": [1.0, 1.0], "bare_tok_s": [1.0, 1.0], "ratio": 1.0,
+           "ratio_ci_low": interval[0], "ratio_ci_high": interval[1], "runner_cv": 0.0, "bare_cv": 0.0}
+    assert fidelity.verdict(row) == expected
+    assert fidelity.table([row]).splitlines()[-1].endswith(f"| {expected} |")
+
+
+def test_the_host_probe_reports_the_hosts_own_spread():
+    """scripts/fidelity.py first times a fixed Python workload: the floor of a host-bound engine's spread."""
+    import fidelity
+
+    probe = fidelity.host_speed_probe(2.5)
+    assert probe["items"] > 10 and probe["item_ms_median"] > 0
+    assert probe["window_1s_cv"] is not None and 0 <= probe["window_1s_cv"] < 1
+    assert probe["slowest_over_fastest_window"] >= 1
