@@ -4,7 +4,10 @@ For every engine configuration and batch size: the runner's measured run (``run_
 memory sampler, energy, everything a user's run has) and the engine's own loop (scripts/bare_loops.py: its
 public API, nothing of the runner in the timed path), alternated ABBA over ``--rounds`` rounds on the same
 loaded model, prompts, forced length and batches. Prints output tok/s of both and the runner/bare ratio with
-a 95 % t interval over the rounds' ratios, and writes the table and the raw figures (``--out``).
+a 95 % t interval over the rounds' ratios, a verdict (equal within ±3 %, differs, or unresolved), and writes the
+table and the raw figures (``--out``). First it times a fixed Python workload for ``--host-probe-s``: the host's
+own spread, the floor of an engine bound by its host (scripts/host_noise.py); ``--probe-beside`` runs it on
+another CPU throughout and pairs each turn with the host's speed meanwhile.
 
     python scripts/fidelity.py --engines hf,llamacpp,ctranslate2 --batch-sizes 1,4 --rounds 3
     python scripts/fidelity.py --engines hf,hf_static,vllm --batch-sizes 1,16 model=llama2-7b-random \\
@@ -17,6 +20,7 @@ Trailing key=value arguments are runner overrides for every configuration.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -27,6 +31,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+
+from host_noise import ProbeBeside, cpu_steal_jiffies, host_speed_probe, steal_share  # noqa: E402
 
 # Engine configurations of the seed table, as runner overrides.
 CONFIGS = {
@@ -66,9 +72,10 @@ def t_interval(values: list[float]) -> tuple[float, float, float]:
 
 
 def compare(label: str, batch_sizes: list[int], batches: int, rounds: int, overrides: list[str],
-            workdir: Path, bare_loop: str | None = None) -> list[dict]:
+            workdir: Path, bare_loop: str | None = None, beside: ProbeBeside | None = None) -> list[dict]:
     """Alternate the runner's measured run and the bare loop on one loaded engine (kept across the batch
-    sizes: a vLLM start costs minutes); a row of both sides' tok/s per round for each batch size."""
+    sizes: a vLLM start costs minutes); a row of both sides' tok/s per round for each batch size. ``beside``:
+    a host probe running meanwhile, whose speed during each side's turn the row keeps."""
     import bare_loops
 
     from runner.measure import chunk
@@ -86,16 +93,15 @@ def compare(label: str, batch_sizes: list[int], batches: int, rounds: int, overr
             bare = bare_loops.LOOPS[bare_loop or cfg.engine.name]
             prompts = chunk(work.prompts, batch_size)
             new_tokens = cfg.generation.max_new_tokens
-            tok_s = {"runner": [], "bare": []}
-            steal = {"runner": [], "bare": []}
+            sides = {side: {"tok_s": [], "host_steal": [], "window": []} for side in ("runner", "bare")}
             for r in range(rounds):
                 for side in ("runner", "bare") if r % 2 == 0 else ("bare", "runner"):  # ABBA: drift hits both
-                    before = cpu_steal_jiffies()
+                    steal_before, start = cpu_steal_jiffies(), time.monotonic()
                     if side == "runner":
                         record = run_point(cfg, work, workdir / f"{label}-bs{batch_size}-{r}", [], session=session)
                         if record["status"] != "ok":
                             raise RuntimeError(f"{label}: runner run failed: {record['error']}")
-                        tok_s["runner"].append(record["output_tok_s"])
+                        tok_s = record["output_tok_s"]
                         session.warm = True
                     else:
                         if r == 0:  # its own warm-up: a whole pass (one batch left ExLlamaV2's first rounds cold)
@@ -104,77 +110,54 @@ def compare(label: str, batch_sizes: list[int], batches: int, rounds: int, overr
                         # timing: both timed passes then start with the host and device busy, not after a pause
                         bare(session.engine, prompts[:cfg.measure.warmup_batches], new_tokens)
                         tokens, seconds = bare(session.engine, prompts, new_tokens)
-                        tok_s["bare"].append(tokens / seconds)
-                    steal[side].append(steal_share(before, cpu_steal_jiffies()))
-                print(f"  {label} bs{batch_size} round {r}: runner {tok_s['runner'][-1]:,.1f} tok/s, bare "
-                      f"{tok_s['bare'][-1]:,.1f} tok/s; host CPU stolen {_percent(steal['runner'][-1])} / "
-                      f"{_percent(steal['bare'][-1])}", flush=True)
-            rows.append({**_row(label, batch_size, tok_s["runner"], tok_s["bare"]),
-                         "runner_host_steal": steal["runner"], "bare_host_steal": steal["bare"]})
+                        tok_s = tokens / seconds
+                    sides[side]["tok_s"].append(tok_s)
+                    sides[side]["host_steal"].append(steal_share(steal_before, cpu_steal_jiffies()))
+                    sides[side]["window"].append((start, time.monotonic()))
+                print(f"  {label} bs{batch_size} round {r}: runner {sides['runner']['tok_s'][-1]:,.1f} tok/s, bare "
+                      f"{sides['bare']['tok_s'][-1]:,.1f} tok/s; host CPU stolen "
+                      f"{' / '.join(_percent(sides[s]['host_steal'][-1]) for s in ('runner', 'bare'))}", flush=True)
+            rows.append(_row(label, batch_size, sides, beside))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
+            if beside is not None:
+                row = rows[-1]
+                print(f"  host-normalized ratio {row['ratio_host_normalized']:.3f} [{row['ratio_host_normalized_ci_low']:.3f}, "
+                      f"{row['ratio_host_normalized_ci_high']:.3f}]; tok/s vs host speed correlation "
+                      f"{row['tok_s_host_speed_corr']:.2f}", flush=True)
     finally:
         if session is not None:
             session.close()
     return rows
 
 
-def host_speed_probe(seconds: float) -> dict:
-    """The host's own steadiness: a fixed pure-Python workload (~10 ms) timed back to back for ``seconds``, the
-    GPU idle. An engine bound by its host (eager HF issues every kernel from Python) can be no steadier than
-    this: its CV over one-second windows is the floor of a host-bound row's round-to-round spread."""
-    def work() -> int:
-        total = 0
-        for i in range(200_000):
-            total += i & 7
-        return total
-
-    stamps, durations, before = [], [], cpu_steal_jiffies()
-    end = time.perf_counter() + seconds
-    while (start := time.perf_counter()) < end:
-        work()
-        stamps.append(start)
-        durations.append(time.perf_counter() - start)
-    stamps, durations = np.array(stamps), np.array(durations)
-    windows = [durations[(stamps >= t) & (stamps < t + 1)].mean() for t in np.arange(stamps[0], stamps[-1] - 0.5, 1.0)]
-    return {"seconds": seconds, "items": len(durations), "item_ms_median": float(np.median(durations) * 1e3),
-            "item_cv": float(durations.std() / durations.mean()),
-            "window_1s_cv": float(np.std(windows) / np.mean(windows)) if len(windows) > 1 else None,
-            "slowest_over_fastest_window": float(max(windows) / min(windows)) if windows else None,
-            "steal": steal_share(before, cpu_steal_jiffies())}
-
-
-def cpu_steal_jiffies() -> tuple[int, int] | None:
-    """(stolen, total) CPU time of the whole machine so far, from /proc/stat (Linux): on a virtual machine,
-    the time its CPUs were ready to run but the hypervisor ran someone else. A host-bound engine (eager HF at
-    batch 1) slows by that much, on both sides of the comparison alike; the rows keep it per round to show
-    whether a round's spread is the host's."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])  # user..steal; guest time is inside user
-
-
-def steal_share(before, after) -> float | None:
-    if before is None or after is None or after[1] == before[1]:
-        return None
-    return (after[0] - before[0]) / (after[1] - before[1])
-
-
 def _percent(share: float | None) -> str:
     return "—" if share is None else f"{share * 100:.1f} %"
 
 
-def _row(label: str, batch_size: int, runner_tok_s: list[float], bare_tok_s: list[float]) -> dict:
+def _row(label: str, batch_size: int, sides: dict, beside: ProbeBeside | None) -> dict:
+    runner_tok_s, bare_tok_s = sides["runner"]["tok_s"], sides["bare"]["tok_s"]
     ratios = [a / b for a, b in zip(runner_tok_s, bare_tok_s)]
     mean, low, high = t_interval(ratios)
 
     def spread(values):
         return float(np.std(values, ddof=1) / np.mean(values)) if len(values) > 1 else None
 
-    return {"config": label, "batch_size": batch_size, "runner_tok_s": runner_tok_s, "bare_tok_s": bare_tok_s,
-            "ratio": mean, "ratio_ci_low": low, "ratio_ci_high": high,
-            "runner_cv": spread(runner_tok_s), "bare_cv": spread(bare_tok_s)}
+    row = {"config": label, "batch_size": batch_size, "runner_tok_s": runner_tok_s, "bare_tok_s": bare_tok_s,
+           "ratio": mean, "ratio_ci_low": low, "ratio_ci_high": high,
+           "runner_cv": spread(runner_tok_s), "bare_cv": spread(bare_tok_s),
+           **{f"{side}_{key}": sides[side][key] for side in sides for key in ("host_steal", "window")}}
+    if beside is not None:
+        # Each side's tok/s over the probe's speed during that turn: what is left of the ratio's spread once the
+        # host's (if the host slows every CPU alike) is taken out
+        for side in sides:
+            row[f"{side}_host_speed"] = [beside.speed(*w) for w in sides[side]["window"]]
+        normalized = [(a / sa) / (b / sb) for a, b, sa, sb in
+                      zip(runner_tok_s, bare_tok_s, row["runner_host_speed"], row["bare_host_speed"]) if sa and sb]
+        mean, low, high = t_interval(normalized)
+        row.update(ratio_host_normalized=mean, ratio_host_normalized_ci_low=low, ratio_host_normalized_ci_high=high,
+                   tok_s_host_speed_corr=float(np.corrcoef(
+                       runner_tok_s + bare_tok_s, row["runner_host_speed"] + row["bare_host_speed"])[0, 1]))
+    return row
 
 
 TOLERANCE = 0.03  # issue 16: the runner's figure within ±3 % of the engine's own
@@ -216,6 +199,8 @@ def main() -> None:
                         help="time this loop of scripts/bare_loops.py instead of the engine's own (an ablation)")
     parser.add_argument("--host-probe-s", type=float, default=10.0,
                         help="first time a fixed Python workload this long: the host's own spread (0: skip)")
+    parser.add_argument("--probe-beside", action="store_true",
+                        help="run the host probe on another CPU meanwhile and pair each turn with the host's speed")
     parser.add_argument("--out", type=Path, help="write the table (.md) and raw figures (.json) here")
     args, overrides = parser.parse_known_args()
     unknown = [e for e in args.engines.split(",") if e not in CONFIGS]
@@ -227,10 +212,11 @@ def main() -> None:
         print(f"host probe ({probe['seconds']:.0f} s of a fixed Python workload): one-second windows' CV "
               f"{_percent(probe['window_1s_cv'])}, slowest / fastest window {probe['slowest_over_fastest_window']:.2f}, "
               f"CPU stolen {_percent(probe['steal'])}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="fidelity_") as tmp:
+    with tempfile.TemporaryDirectory(prefix="fidelity_") as tmp, \
+            (ProbeBeside() if args.probe_beside else contextlib.nullcontext()) as beside:
         for label in args.engines.split(","):
             rows += compare(label, list(map(int, args.batch_sizes.split(","))), args.batches, args.rounds,
-                            overrides, Path(tmp), args.bare_loop)
+                            overrides, Path(tmp), args.bare_loop, beside)
     text = table(rows)
     print(text)
     if args.out:

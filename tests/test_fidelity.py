@@ -70,3 +70,23 @@ def test_the_host_probe_reports_the_hosts_own_spread():
     assert probe["items"] > 10 and probe["item_ms_median"] > 0
     assert probe["window_1s_cv"] is not None and 0 <= probe["window_1s_cv"] < 1
     assert probe["slowest_over_fastest_window"] >= 1
+
+
+def test_the_probe_beside_reports_the_hosts_speed_within_a_window():
+    """--probe-beside: the fixed workload loops in its own process; a turn's window gets its speed, and the
+    process and its file are gone afterwards."""
+    import time
+
+    from host_noise import ProbeBeside, fixed_work
+
+    with ProbeBeside() as beside:
+        time.sleep(0.5)  # its interpreter starting
+        start = time.monotonic()
+        time.sleep(1.0)
+        speed = beside.speed(start, time.monotonic())
+        assert beside.speed(start - 100, start - 99) is None  # before it ran: no items
+    assert speed is not None and speed > 0
+    one = time.monotonic()
+    fixed_work()
+    assert 0.1 < speed * (time.monotonic() - one) < 10  # items per second: about 1 / an item's time here
+    assert beside._proc.poll() is not None and not __import__("os").path.exists(beside._file.name)
