@@ -130,6 +130,10 @@ def compare(label: str, batch_sizes: list[int], batches: int, rounds: int, overr
     return rows
 
 
+def _mean_or_none(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
 def _percent(share: float | None) -> str:
     return "—" if share is None else f"{share * 100:.1f} %"
 
@@ -145,6 +149,8 @@ def _row(label: str, batch_size: int, sides: dict, beside: ProbeBeside | None) -
     row = {"config": label, "batch_size": batch_size, "runner_tok_s": runner_tok_s, "bare_tok_s": bare_tok_s,
            "ratio": mean, "ratio_ci_low": low, "ratio_ci_high": high,
            "runner_cv": spread(runner_tok_s), "bare_cv": spread(bare_tok_s),
+           # by turn order (ABBA: the runner first in even rounds): a gap between the two is an order effect
+           "ratio_runner_first": float(np.mean(ratios[0::2])), "ratio_bare_first": _mean_or_none(ratios[1::2]),
            **{f"{side}_{key}": sides[side][key] for side in sides for key in ("host_steal", "window")}}
     if beside is not None:
         # Each side's tok/s over the probe's speed during that turn: what is left of the ratio's spread once the
