@@ -31,7 +31,7 @@
 #   fidelity-CONFIGS  scripts/fidelity.py for comma-separated configurations (hf,hf_static,vllm,...) at
 #             batch 1/16 (FID_BATCHES), 3 rounds: the runner's figure against each engine's own loop
 #             (FID_EXTRA: more runner overrides, e.g. engine.compute_type=float16 for ctranslate2; FID_ROUNDS;
-#             FID_ARGS: more script arguments, e.g. --bare-loop ctranslate2_stamped; FID_TAG: a file-name suffix;
+#             FID_ARGS: more script arguments, e.g. --bare-loop ctranslate2_stamped, --batches 1, --probe-beside; FID_TAG: a file-name suffix;
 #             FID_PIN: CPUs to pin both sides to, e.g. 2-3: is a host-bound engine's round-to-round spread the
 #             scheduler moving the Python thread?). Logs the host (vmstat) and GPU clocks (nvidia-smi) once a second beside it
 #   hf-static-cv  the compiled HF mode from the CLI (fresh process), batch 1 and 16, 200 tokens, with the
