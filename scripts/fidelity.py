@@ -173,6 +173,8 @@ def verdict(row: dict) -> str:
     """What the interval shows: equal within ±3 %, a difference beyond it, or nothing yet (an interval wider
     than the tolerance that holds 1: the rounds spread too much, e.g. an engine bound by a noisy host)."""
     low, high = row["ratio_ci_low"], row["ratio_ci_high"]
+    if len(row["runner_tok_s"]) < 2:
+        return "unresolved: one round, no interval"
     if 1 - TOLERANCE <= low and high <= 1 + TOLERANCE:
         return "equal within ±3 %"
     if high < 1 - TOLERANCE or low > 1 + TOLERANCE:

@@ -60,6 +60,8 @@ def test_the_table_says_what_each_interval_shows(interval, expected):
            "ratio_ci_low": interval[0], "ratio_ci_high": interval[1], "runner_cv": 0.0, "bare_cv": 0.0}
     assert fidelity.verdict(row) == expected
     assert fidelity.table([row]).splitlines()[-1].endswith(f"| {expected} |")
+    one_round = {**row, "runner_tok_s": [1.0], "bare_tok_s": [1.0]}  # its "interval" is the mean alone
+    assert fidelity.verdict(one_round) == "unresolved: one round, no interval"
 
 
 def test_the_host_probe_reports_the_hosts_own_spread():
