@@ -134,6 +134,10 @@ def _mean_or_none(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def _number(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
 def _percent(share: float | None) -> str:
     return "—" if share is None else f"{share * 100:.1f} %"
 
@@ -219,7 +223,8 @@ def main() -> None:
     if probe:
         print(f"host probe ({probe['seconds']:.0f} s of a fixed Python workload): one-second windows' CV "
               f"{_percent(probe['window_1s_cv'])}, slowest / fastest window {probe['slowest_over_fastest_window']:.2f}, "
-              f"CPU stolen {_percent(probe['steal'])}", flush=True)
+              f"lag-1 autocorrelation {_number(probe['window_1s_lag1_autocorr'])}, CPU stolen {_percent(probe['steal'])}",
+              flush=True)
     with tempfile.TemporaryDirectory(prefix="fidelity_") as tmp, \
             (ProbeBeside() if args.probe_beside else contextlib.nullcontext()) as beside:
         for label in args.engines.split(","):

@@ -44,6 +44,9 @@ def host_speed_probe(seconds: float) -> dict:
             "item_cv": float(durations.std() / durations.mean()),
             "window_1s_cv": float(np.std(windows) / np.mean(windows)) if len(windows) > 1 else None,
             "slowest_over_fastest_window": float(max(windows) / min(windows)) if windows else None,
+            # near 1: a slow second is followed by a slow one, so turns alternated every second or so would share
+            # the host's state and their ratio cancel it; near 0: only more rounds narrow the interval
+            "window_1s_lag1_autocorr": float(np.corrcoef(windows[:-1], windows[1:])[0, 1]) if len(windows) >= 5 else None,
             "steal": steal_share(before, cpu_steal_jiffies())}
 
 
