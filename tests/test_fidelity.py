@@ -93,3 +93,15 @@ def test_the_probe_beside_reports_the_hosts_speed_within_a_window():
     fixed_work()
     assert 0.1 < speed * (time.monotonic() - one) < 10  # items per second: about 1 / an item's time here
     assert beside._proc.poll() is not None and not __import__("os").path.exists(beside._file.name)
+
+
+def test_the_clock_cost_script_times_the_runners_step_clock():
+    """scripts/clock_cost.py times the very criterion the HF engine hands generate (a few µs on a CPU); without a
+    GPU there is no NVML call to time."""
+    import clock_cost
+    import torch
+
+    us = clock_cost.clock_us_per_step(torch.device("cpu"), batch_size=2, calls=2000)
+    assert 0 < us < 1000
+    if not torch.cuda.is_available():
+        assert clock_cost.nvml_call_us(calls=5) == {}
