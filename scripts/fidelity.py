@@ -222,8 +222,8 @@ def main() -> None:
     probe = host_speed_probe(args.host_probe_s) if args.host_probe_s > 0 else None
     if probe:
         print(f"host probe ({probe['seconds']:.0f} s of a fixed Python workload): one-second windows' CV "
-              f"{_percent(probe['window_1s_cv'])}, slowest / fastest window {probe['slowest_over_fastest_window']:.2f}, "
-              f"lag-1 autocorrelation {_number(probe['window_1s_lag1_autocorr'])}, CPU stolen {_percent(probe['steal'])}",
+              f"{_percent(probe['window_cv'])}, slowest / fastest window {probe['slowest_over_fastest_window']:.2f}, "
+              f"lag-1 autocorrelation {_number(probe['window_lag1_autocorr'])}, CPU stolen {_percent(probe['steal'])}",
               flush=True)
     with tempfile.TemporaryDirectory(prefix="fidelity_") as tmp, \
             (ProbeBeside() if args.probe_beside else contextlib.nullcontext()) as beside:

@@ -29,9 +29,9 @@ def fixed_work() -> int:
     return total
 
 
-def host_speed_probe(seconds: float) -> dict:
-    """``fixed_work`` back to back for ``seconds``: the CV of its speed over one-second windows is the floor of a
-    host-bound engine's round-to-round spread."""
+def host_speed_probe(seconds: float, window_s: float = 1.0) -> dict:
+    """``fixed_work`` back to back for ``seconds``: the CV of its speed over windows of ``window_s`` (a second: about
+    a timed pass of a short comparison) is the floor of a host-bound engine's round-to-round spread."""
     stamps, durations, before = [], [], cpu_steal_jiffies()
     end = time.monotonic() + seconds
     while (start := time.monotonic()) < end:
@@ -39,14 +39,15 @@ def host_speed_probe(seconds: float) -> dict:
         stamps.append(start)
         durations.append(time.monotonic() - start)
     stamps, durations = np.array(stamps), np.array(durations)
-    windows = [durations[(stamps >= t) & (stamps < t + 1)].mean() for t in np.arange(stamps[0], stamps[-1] - 0.5, 1.0)]
-    return {"seconds": seconds, "items": len(durations), "item_ms_median": float(np.median(durations) * 1e3),
-            "item_cv": float(durations.std() / durations.mean()),
-            "window_1s_cv": float(np.std(windows) / np.mean(windows)) if len(windows) > 1 else None,
+    windows = [durations[(stamps >= t) & (stamps < t + window_s)].mean()
+               for t in np.arange(stamps[0], stamps[-1] - window_s / 2, window_s)]
+    return {"seconds": seconds, "window_s": window_s, "items": len(durations),
+            "item_ms_median": float(np.median(durations) * 1e3), "item_cv": float(durations.std() / durations.mean()),
+            "window_cv": float(np.std(windows) / np.mean(windows)) if len(windows) > 1 else None,
             "slowest_over_fastest_window": float(max(windows) / min(windows)) if windows else None,
-            # near 1: a slow second is followed by a slow one, so turns alternated every second or so would share
-            # the host's state and their ratio cancel it; near 0: only more rounds narrow the interval
-            "window_1s_lag1_autocorr": float(np.corrcoef(windows[:-1], windows[1:])[0, 1]) if len(windows) >= 5 else None,
+            # near 1: a slow window is followed by a slow one, so turns alternated that often would share the
+            # host's state and their ratio cancel it; near 0: only more rounds narrow the interval
+            "window_lag1_autocorr": float(np.corrcoef(windows[:-1], windows[1:])[0, 1]) if len(windows) >= 5 else None,
             "steal": steal_share(before, cpu_steal_jiffies())}
 
 

@@ -68,11 +68,11 @@ def test_the_host_probe_reports_the_hosts_own_spread():
     """scripts/fidelity.py first times a fixed Python workload: the floor of a host-bound engine's spread."""
     import fidelity
 
-    probe = fidelity.host_speed_probe(6)  # five whole one-second windows at least
+    probe = fidelity.host_speed_probe(1.5, window_s=0.25)  # six windows: enough for the autocorrelation
     assert probe["items"] > 10 and probe["item_ms_median"] > 0
-    assert probe["window_1s_cv"] is not None and 0 <= probe["window_1s_cv"] < 1
+    assert probe["window_cv"] is not None and 0 <= probe["window_cv"] < 1
     assert probe["slowest_over_fastest_window"] >= 1
-    assert -1 <= probe["window_1s_lag1_autocorr"] <= 1
+    assert -1 <= probe["window_lag1_autocorr"] <= 1
 
 
 def test_the_probe_beside_reports_the_hosts_speed_within_a_window():
