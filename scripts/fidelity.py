@@ -160,13 +160,14 @@ def _row(label: str, batch_size: int, sides: dict, beside: ProbeBeside | None) -
         # Each side's tok/s over the probe's speed during that turn: what is left of the ratio's spread once the
         # host's (if the host slows every CPU alike) is taken out
         for side in sides:
-            row[f"{side}_host_speed"] = [beside.speed(*w) for w in sides[side]["window"]]
-        normalized = [(a / sa) / (b / sb) for a, b, sa, sb in
-                      zip(runner_tok_s, bare_tok_s, row["runner_host_speed"], row["bare_host_speed"]) if sa and sb]
-        mean, low, high = t_interval(normalized)
+            row[f"{side}_host_speed"] = beside.speeds(sides[side]["window"])
+        paired = [(a, b, sa, sb) for a, b, sa, sb in  # a turn the probe saw no item of has no speed
+                  zip(runner_tok_s, bare_tok_s, row["runner_host_speed"], row["bare_host_speed"]) if sa and sb]
+        mean, low, high = t_interval([(a / sa) / (b / sb) for a, b, sa, sb in paired])
+        tok_s = [t for a, b, _, _ in paired for t in (a, b)]
+        speeds = [v for _, _, sa, sb in paired for v in (sa, sb)]
         row.update(ratio_host_normalized=mean, ratio_host_normalized_ci_low=low, ratio_host_normalized_ci_high=high,
-                   tok_s_host_speed_corr=float(np.corrcoef(
-                       runner_tok_s + bare_tok_s, row["runner_host_speed"] + row["bare_host_speed"])[0, 1]))
+                   tok_s_host_speed_corr=float(np.corrcoef(tok_s, speeds)[0, 1]))
     return row
 
 

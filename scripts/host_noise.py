@@ -68,9 +68,15 @@ class ProbeBeside:
         os.unlink(self._file.name)
 
     def speed(self, start: float, end: float) -> float | None:
+        return self.speeds([(start, end)])[0]
+
+    def speeds(self, windows: list[tuple[float, float]]) -> list[float | None]:
+        """``speed`` of each window, the file read once."""
         items = np.loadtxt(self._file.name, ndmin=2)
-        inside = items[(items[:, 0] >= start) & (items[:, 0] < end)] if items.size else items
-        return float(1 / inside[:, 1].mean()) if len(inside) else None
+        if not items.size:
+            return [None] * len(windows)
+        inside = [items[(items[:, 0] >= start) & (items[:, 0] < end), 1] for start, end in windows]
+        return [float(1 / seconds.mean()) if len(seconds) else None for seconds in inside]
 
 
 def cpu_steal_jiffies() -> tuple[int, int] | None:
