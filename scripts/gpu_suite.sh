@@ -34,8 +34,12 @@
 #             FID_ARGS: more script arguments, e.g. --bare-loop ctranslate2_stamped, --batches 1, --probe-beside; FID_TAG: a file-name suffix;
 #             FID_PIN: CPUs to pin both sides to, e.g. 2-3: is a host-bound engine's round-to-round spread the
 #             scheduler moving the Python thread?). Logs the host (vmstat) and GPU clocks (nvidia-smi) once a second beside it
+#   step-ab-CONFIG  scripts/step_ab.py for an HF configuration (hf, hf_static, hf_int8, hf_nf4): the runner's step clock
+#             and memory sampler switched on and off per block of steps inside the same generate calls, batch 1/16
+#             (AB_BATCHES), AB_SECONDS (default 60) of timed calls per batch size (FID_EXTRA: more runner overrides)
 #   hf-static-cv  the compiled HF mode from the CLI (fresh process), batch 1 and 16, 200 tokens, with the
-#             stopping rule on: repetitions until the 95 % interval is within ±3 % (at most 12)
+#             stopping rule on: repetitions until the 95 % interval is within ±3 % (at most 12); HSC_BATCHES: other
+#             batch sizes; HSC_LIMIT: prompts per repetition (default one batch; 64 at batch 16 = four batches)
 #   two-gpus  issue 18 on a 2-GPU machine (kind nvidia-h200-x2): vLLM at tensor_parallel_size 1 and 2, batch 1 and
 #             64 (the seed workload), then a two-point hydra/launcher=gpus sweep whose records name their GPU
 #             (env_gpu_index) and whose started_at / point_wall_s show the overlap
@@ -126,8 +130,13 @@ for stage in "$@"; do
         | tee "$OUT/$name.log" | tail -n 30
       kill $watch_host $watch_gpu 2>/dev/null ;;
     hf-static-cv)
-      COMMON="model=llama2-7b-random dataset=synthetic dataset.input_len=128 dataset.limit=\${batch_size} generation.max_new_tokens=200 measure.repetitions=3 measure.target_rel_ci=0.03 measure.max_repetitions=12"
-      sweep hf-static-cv engine=hf engine.cache_implementation=static engine.compile=true batch_size=1,16 ;;
+      COMMON="model=llama2-7b-random dataset=synthetic dataset.input_len=128 dataset.limit=${HSC_LIMIT:-\${batch_size\}} generation.max_new_tokens=200 measure.repetitions=3 measure.target_rel_ci=0.03 measure.max_repetitions=12"
+      sweep hf-static-cv${HSC_LIMIT:+-limit$HSC_LIMIT} engine=hf engine.cache_implementation=static engine.compile=true batch_size=${HSC_BATCHES:-1,16} ;;
+    step-ab-*)
+      configs=${stage#step-ab-}
+      python scripts/step_ab.py --engine "$configs" --batch-sizes "${AB_BATCHES:-1,16}" --seconds "${AB_SECONDS:-60}" \
+        --out "$OUT/step-ab-$configs" $FIDELITY_WORKLOAD ${FID_EXTRA:-} 2>&1 | grep --line-buffered -vE "it/s\]|s/it\]" \
+        | tee "$OUT/step-ab-$configs.log" | tail -n 8 ;;
     exl2-build)
       TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 -c "import exllamav2, exllamav2.ext; print('exllamav2', exllamav2.__version__)" 2>&1 | tail -n 3
       # The built module into $OUT (xz parts of 15 MiB): kept here as .devwheels/exllamav2_ext.so.xz.NN, the install stage puts it on the path

@@ -1,0 +1,206 @@
+"""What the runner adds inside HF's decoding loop, measured in place: its step clock and its memory sampler
+switched on and off within the same ``generate`` calls (issue 16).
+
+A whole-run ratio of the runner to HF's bare loop (scripts/fidelity.py) is as noisy as the host when the engine
+is bound by it: one thread's speed on the device's H200 varied 12-29 % from second to second. But only two
+parts of the runner are live while HF decodes (everything else runs before or after the timed batches): the
+step clock (engines/hf/engine.py ``_StepClock``, called by ``generate`` once per step) and the memory sampler
+(runner/memory.py, a process of its own polling NVML and /proc). Here both run exactly as in the runner, and are
+switched per block of a few decoding steps (the sampler by SIGSTOP / SIGCONT, sent at every block boundary in
+every state alike): the four on/off combinations in a random order within each group of four consecutive
+blocks (~1 s), so each group compares the four at one host speed. An effect is the mean over groups of the log
+ratio of the blocks' mean step time, with a 95 % t interval; the runner's whole in-loop cost is both on against
+both off. Each step is timed by the host clock, read in every state (eager HF waits for the device at every
+step: generate's stopping check reads a device flag).
+
+    python scripts/step_ab.py --engine hf --batch-size 1 --seconds 60 model=llama2-7b-random dataset=synthetic
+
+Trailing key=value arguments are runner overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+
+STATES = [(False, False), (True, False), (False, True), (True, True)]  # (clock, sampler)
+HF_CONFIGS = ("hf", "hf_static", "hf_int8", "hf_nf4")
+
+
+def effects(blocks: list[dict]) -> dict[str, dict]:
+    """Per factor: the step-time slowdown (exp of the mean log ratio, minus 1) with a 95 % t interval over groups.
+    ``blocks``: ``{"group", "clock", "sampler", "step_s"}``; a group without all four states is left out."""
+    from scipy.special import stdtrit
+
+    from runner.stats import CONFIDENCE
+
+    groups: dict[int, dict] = {}
+    for b in blocks:
+        groups.setdefault(b["group"], {})[(b["clock"], b["sampler"])] = math.log(b["step_s"])
+    full = [g for g in groups.values() if len(g) == 4]
+    per_group = {
+        "clock": [((g[1, 0] - g[0, 0]) + (g[1, 1] - g[0, 1])) / 2 for g in full],
+        "sampler": [((g[0, 1] - g[0, 0]) + (g[1, 1] - g[1, 0])) / 2 for g in full],
+        "runner": [g[1, 1] - g[0, 0] for g in full],  # both, as the runner runs, against neither, as the bare loop
+    }
+    out = {}
+    for name, values in per_group.items():
+        mean = float(np.mean(values)) if values else float("nan")
+        # not runner.stats.t_ci: that clips at 0 (rates), and a log ratio may be negative
+        half = stdtrit(len(values) - 1, 0.5 + CONFIDENCE / 2) * np.std(values, ddof=1) / math.sqrt(len(values)) \
+            if len(values) > 1 else 0.0
+        low, high = mean - half, mean + half
+        out[name] = {"slowdown": math.expm1(mean), "ci_low": math.expm1(low), "ci_high": math.expm1(high)}
+    levels = [np.mean(list(g.values())) for g in full]
+    out["groups"] = len(full)
+    out["between_groups_cv"] = float(np.std(levels, ddof=1)) if len(levels) > 1 else None  # the host's swings
+    out["within_group_sd"] = float(np.std(per_group["runner"], ddof=1) / math.sqrt(2)) if len(full) > 1 else None
+    return out
+
+
+class Switchboard:
+    """generate's stopping criterion: stamps every step, and at each block boundary moves to the next state of a
+    random order per group; the runner's real step clock is called inside it when the state says so."""
+
+    def __init__(self, engine, batch_size: int, sampler_pid: int | None, block_steps: int, seed: int = 0):
+        import torch
+
+        from engines.hf.engine import _StepClock
+
+        self._make_clock = lambda: _StepClock(engine.device, batch_size)
+        self._never = torch.zeros(batch_size, dtype=torch.bool, device=engine.device)
+        self.sampler_pid, self.block_steps = sampler_pid, block_steps
+        self._rng = np.random.default_rng(seed)
+        self.blocks: list[dict] = []
+        self._order: list[tuple] = []
+        self.state = STATES[0]
+
+    def begin_call(self) -> None:
+        self.clock, self._stamps, self._block = self._make_clock(), [], None
+
+    def _switch(self) -> None:
+        if self._block is not None and len(self._block["steps"]) == self.block_steps:
+            steps = self._block.pop("steps")[1:]  # the first step of a block carries the switch itself
+            self.blocks.append({**self._block, "step_s": float(np.mean(steps))})
+        if not self._order:
+            self._order = [STATES[i] for i in self._rng.permutation(4)]
+            self._group = len(self.blocks) // 4
+        self.state = self._order.pop(0)
+        if self.sampler_pid is not None:  # a signal at every boundary, in every state
+            os.kill(self.sampler_pid, signal.SIGCONT if self.state[1] else signal.SIGSTOP)
+        self._block = {"group": self._group, "clock": self.state[0], "sampler": self.state[1], "steps": []}
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self._stamps.append(time.perf_counter())
+        if len(self._stamps) > 1:  # the first stamp ends the prefill
+            self._block["steps"].append(self._stamps[-1] - self._stamps[-2])
+        if (len(self._stamps) - 1) % self.block_steps == 0:
+            self._switch()
+        if self.state[0]:
+            self.clock(input_ids, scores)
+        return self._never
+
+    def end_call(self) -> float:
+        """Drop the call's unfinished block; read the clock as the runner does after generate (its seconds)."""
+        self._order, self._block = [], None
+        del self.blocks[len(self.blocks) // 4 * 4:]  # an unfinished group
+        start = time.perf_counter()
+        self.clock.step_times()
+        return time.perf_counter() - start
+
+
+def measure(label: str, batch_size: int, seconds: float, block_s: float, overrides: list[str]) -> dict:
+    import torch
+    from transformers import StoppingCriteriaList
+
+    from fidelity import CONFIGS, DEFAULTS, compose
+    from runner.memory import MemorySampler
+    from runner.models import prepare
+    from runner.plan import plan
+
+    cfg = compose([*DEFAULTS, *CONFIGS[label], f"batch_size={batch_size}", f"dataset.limit={batch_size}", *overrides])
+    work = plan(cfg)
+    engine = work.engine_cls(cfg.engine)
+    engine.load(prepare(cfg.model, work.engine_cls.model_format, cfg.cache_dir, work.model_variant).path)
+    ids, mask = engine._left_pad(list(work.prompts[:batch_size]))
+    sampler = MemorySampler(cfg.measure.memory_sample_hz)
+
+    def generate(new_tokens: int, board: Switchboard) -> float:
+        board.begin_call()
+        with torch.inference_mode():
+            engine.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                  do_sample=False, pad_token_id=engine.pad_id, **engine._cache_kwargs(),
+                                  stopping_criteria=StoppingCriteriaList([board]))
+        return board.end_call()
+
+    sampler.start()
+    try:
+        board = Switchboard(engine, batch_size, sampler._proc.pid, block_steps=8)
+        calibrate = time.perf_counter()
+        generate(33, board)
+        step_s = (time.perf_counter() - calibrate) / 33
+        board.block_steps = max(3, round(block_s / step_s))
+        new_tokens = 4 * 4 * board.block_steps + 1  # four groups a call: a static cache's shape stays fixed
+        generate(new_tokens, board)  # warm-up (a compiled decode step compiles here), not counted
+        board.blocks.clear()
+        read_s, calls, end = [], 0, time.monotonic() + seconds
+        while time.monotonic() < end:
+            read_s.append(generate(new_tokens, board))
+            calls += 1
+    finally:
+        if sampler._proc is not None:
+            os.kill(sampler._proc.pid, signal.SIGCONT)
+        sampler.stop()
+        engine.close()
+    sampled = sampler.fields()
+    mean_step = float(np.mean([b["step_s"] for b in board.blocks]))
+    return {"config": label, "batch_size": batch_size, "device": str(engine.device), "block_steps": board.block_steps,
+            "calls": calls, "new_tokens_per_call": new_tokens, "mean_step_ms": mean_step * 1e3,
+            # the rate the sampler ran at (at most 10 Hz without a GPU), and its samples over what it would take
+            # running throughout: about half, as it runs in half the blocks
+            "memory_sample_hz": sampled["memory_sample_hz_target"],
+            "sampler_running_share": sampled["memory_sample_hz_achieved"] / sampled["memory_sample_hz_target"],
+            "clock_read_after_call_ms": float(np.mean(read_s)) * 1e3,
+            "clock_read_share_of_call": float(np.mean(read_s)) / (mean_step * new_tokens),
+            **effects(board.blocks), "blocks": board.blocks}
+
+
+def _share(e: dict) -> str:
+    return f"{e['slowdown']:+.2%} [{e['ci_low']:+.2%}, {e['ci_high']:+.2%}]"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engine", default="hf", choices=HF_CONFIGS)
+    parser.add_argument("--batch-sizes", default="1")
+    parser.add_argument("--seconds", type=float, default=60.0, help="timed generate calls per batch size")
+    parser.add_argument("--block-s", type=float, default=0.25, help="about this long a block of steps in one state")
+    parser.add_argument("--out", type=Path, help="write the raw figures here (.json)")
+    args, overrides = parser.parse_known_args()
+    results = []
+    for batch_size in map(int, args.batch_sizes.split(",")):
+        r = measure(args.engine, batch_size, args.seconds, args.block_s, overrides)
+        results.append(r)
+        print(f"{r['config']} batch {batch_size} on {r['device']}: {r['groups']} groups of 4 blocks x {r['block_steps']} "
+              f"steps, step {r['mean_step_ms']:.2f} ms (host swings between groups {r['between_groups_cv']:.1%}, "
+              f"within a group {r['within_group_sd']:.1%}); slowdown of a step by the clock {_share(r['clock'])}, "
+              f"by the memory sampler at {r['memory_sample_hz']:g} Hz {_share(r['sampler'])}, by both (the runner "
+              f"against the bare loop) {_share(r['runner'])}; reading the clock after a call "
+              f"{r['clock_read_after_call_ms']:.2f} ms ({r['clock_read_share_of_call']:.3%} of the call)", flush=True)
+    if args.out:
+        args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
