@@ -147,6 +147,7 @@ def measure(label: str, batch_size: int, seconds: float, block_s: float, overrid
     sampler.start()
     try:
         board = Switchboard(engine, batch_size, sampler._proc.pid, block_steps=8)
+        generate(33, board)  # the first call pays for CUDA's lazy set-up: timing it made the blocks too short
         calibrate = time.perf_counter()
         generate(33, board)
         step_s = (time.perf_counter() - calibrate) / 33
