@@ -186,7 +186,8 @@ def main() -> None:
     parser.add_argument("--engine", default="hf", choices=HF_CONFIGS)
     parser.add_argument("--batch-sizes", default="1")
     parser.add_argument("--seconds", type=float, default=60.0, help="timed generate calls per batch size")
-    parser.add_argument("--block-s", type=float, default=0.25, help="about this long a block of steps in one state")
+    parser.add_argument("--block-s", type=float, default=0.1,
+                        help="about this long a block of steps in one state (at least 3 steps): the host swings fast")
     parser.add_argument("--out", type=Path, help="write the raw figures here (.json)")
     args, overrides = parser.parse_known_args()
     results = []
