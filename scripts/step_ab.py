@@ -177,6 +177,16 @@ def measure(label: str, batch_size: int, seconds: float, block_s: float, overrid
             **effects(board.blocks), "blocks": board.blocks}
 
 
+def pool(results: list[dict]) -> dict[tuple, dict]:
+    """Several runs' blocks per (config, batch size) as one set of groups (each run's groups kept apart)."""
+    blocks: dict[tuple, list] = {}
+    for r in results:
+        into = blocks.setdefault((r["config"], r["batch_size"]), [])
+        offset = 1 + max((b["group"] for b in into), default=-1)
+        into += [{**b, "group": b["group"] + offset} for b in r["blocks"]]
+    return {key: effects(value) for key, value in blocks.items()}
+
+
 def _share(e: dict) -> str:
     return f"{e['slowdown']:+.2%} [{e['ci_low']:+.2%}, {e['ci_high']:+.2%}]"
 
@@ -189,7 +199,14 @@ def main() -> None:
     parser.add_argument("--block-s", type=float, default=0.1,
                         help="about this long a block of steps in one state (at least 3 steps): the host swings fast")
     parser.add_argument("--out", type=Path, help="write the raw figures here (.json)")
+    parser.add_argument("--pool", type=Path, nargs="+", help="measure nothing: pool the groups of these --out files")
     args, overrides = parser.parse_known_args()
+    if args.pool:
+        for (label, batch_size), e in pool([r for f in args.pool for r in json.loads(f.read_text())]).items():
+            print(f"{label} batch {batch_size}: {e['groups']} groups; clock {_share(e['clock'])}, sampler "
+                  f"{_share(e['sampler'])}, both {_share(e['runner'])}; runner / bare speed {1 / (1 + e['runner']['slowdown']):.3f} "
+                  f"[{1 / (1 + e['runner']['ci_high']):.3f}, {1 / (1 + e['runner']['ci_low']):.3f}]")
+        return
     results = []
     for batch_size in map(int, args.batch_sizes.split(",")):
         r = measure(args.engine, batch_size, args.seconds, args.block_s, overrides)

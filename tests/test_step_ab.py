@@ -54,3 +54,18 @@ def test_the_runner_adds_nothing_measurable_inside_hfs_loop(cache_dir, monkeypat
     assert abs(r["runner"]["slowdown"]) < 0.05, r["runner"]
     assert math.isfinite(r["runner"]["ci_low"]) and r["runner"]["ci_low"] < r["runner"]["ci_high"]
     assert r["clock_read_share_of_call"] < 0.01
+
+
+def test_pooled_runs_keep_their_groups_apart():
+    """--pool: two runs of the same configuration count every group of both; another batch size stays apart."""
+    import step_ab
+
+    def run(batch_size, groups, slow):
+        blocks = [{"group": g, "clock": c, "sampler": s, "step_s": 0.03 * (1 + g / 10) * (slow if s else 1)}
+                  for g in range(groups) for c, s in step_ab.STATES]
+        return {"config": "hf", "batch_size": batch_size, "blocks": blocks}
+
+    pooled = step_ab.pool([run(1, 3, 1.1), run(1, 5, 1.1), run(16, 4, 1.0)])
+    assert pooled["hf", 1]["groups"] == 8 and pooled["hf", 16]["groups"] == 4
+    assert pooled["hf", 1]["sampler"]["slowdown"] == pytest.approx(0.1)
+    assert pooled["hf", 16]["runner"]["slowdown"] == pytest.approx(0.0, abs=1e-12)
