@@ -225,6 +225,11 @@ class MemorySampler:
             self._proc.kill()
             raise RuntimeError(f"the memory sampler did not start (exit code {self._proc.wait()})")
 
+    @property
+    def pid(self) -> Optional[int]:
+        """The sampler process's pid once started (scripts/step_ab.py pauses and resumes it)."""
+        return self._proc.pid if self._proc is not None else None
+
     def stop(self) -> None:
         if self._proc is None or self._fields:
             return

@@ -233,6 +233,9 @@ def main() -> None:
                             overrides, Path(tmp), args.bare_loop, beside)
     text = table(rows)
     print(text)
+    if any(r["config"].startswith("hf") and verdict(r).startswith("unresolved") for r in rows):
+        print("An HF row bound by a noisy host: measure the runner's in-loop parts in place instead, "
+              "python scripts/step_ab.py --engine CONFIG --batch-sizes N (same overrides)")
     if args.out:
         args.out.with_suffix(".md").write_text(text + "\n")
         args.out.with_suffix(".json").write_text(json.dumps({"host_probe": probe, "rows": rows}, indent=1))

@@ -146,7 +146,7 @@ def measure(label: str, batch_size: int, seconds: float, block_s: float, overrid
 
     sampler.start()
     try:
-        board = Switchboard(engine, batch_size, sampler._proc.pid, block_steps=8)
+        board = Switchboard(engine, batch_size, sampler.pid, block_steps=8)
         generate(33, board)  # the first call pays for CUDA's lazy set-up: timing it made the blocks too short
         calibrate = time.perf_counter()
         generate(33, board)
@@ -160,8 +160,8 @@ def measure(label: str, batch_size: int, seconds: float, block_s: float, overrid
             read_s.append(generate(new_tokens, board))
             calls += 1
     finally:
-        if sampler._proc is not None:
-            os.kill(sampler._proc.pid, signal.SIGCONT)
+        if sampler.pid is not None:
+            os.kill(sampler.pid, signal.SIGCONT)
         sampler.stop()
         engine.close()
     sampled = sampler.fields()
@@ -210,6 +210,9 @@ def main() -> None:
     results = []
     for batch_size in map(int, args.batch_sizes.split(",")):
         r = measure(args.engine, batch_size, args.seconds, args.block_s, overrides)
+        if r["groups"] < 2:
+            sys.exit(f"--seconds {args.seconds:g}: {r['groups']} complete group(s) of four blocks at batch {batch_size}, "
+                     "no interval; give it more seconds")
         results.append(r)
         print(f"{r['config']} batch {batch_size} on {r['device']}: {r['groups']} groups of 4 blocks x {r['block_steps']} "
               f"steps, step {r['mean_step_ms']:.2f} ms (host swings between groups {r['between_groups_cv']:.1%}, "
