@@ -56,14 +56,22 @@ def bootstrap_ci(samples: Sequence[float], statistic: Callable[[np.ndarray], np.
     return float(low), float(high)
 
 
-def t_ci(samples: Sequence[float]) -> tuple[float, float] | None:
-    """95 % Student's t interval of the mean, mean ± t(0.975, n−1)·sd/√n, its low end clipped at 0 (every
-    figure it serves is a rate or a duration); None below two samples."""
+def t_half_width(samples: Sequence[float]) -> float | None:
+    """Half the 95 % Student's t interval of the mean, t(0.975, n−1)·sd/√n; None below two samples."""
     data = np.asarray(samples, dtype=float)
     if data.size < 2:
         return None
-    half = stdtrit(data.size - 1, 0.5 + CONFIDENCE / 2) * data.std(ddof=1) / np.sqrt(data.size)
-    return max(0.0, float(data.mean() - half)), float(data.mean() + half)
+    return float(stdtrit(data.size - 1, 0.5 + CONFIDENCE / 2) * data.std(ddof=1) / np.sqrt(data.size))
+
+
+def t_ci(samples: Sequence[float]) -> tuple[float, float] | None:
+    """95 % Student's t interval of the mean, its low end clipped at 0 (every figure it serves is a rate or a
+    duration); None below two samples."""
+    half = t_half_width(samples)
+    if half is None:
+        return None
+    mean = float(np.mean(samples))
+    return max(0.0, mean - half), mean + half
 
 
 def mean_ci(samples: Sequence[float]) -> tuple[tuple[float, float] | None, str]:

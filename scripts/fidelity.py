@@ -143,16 +143,15 @@ def _percent(share: float | None) -> str:
 
 
 def _row(label: str, batch_size: int, sides: dict, beside: ProbeBeside | None) -> dict:
+    from runner.stats import cv
+
     runner_tok_s, bare_tok_s = sides["runner"]["tok_s"], sides["bare"]["tok_s"]
     ratios = [a / b for a, b in zip(runner_tok_s, bare_tok_s)]
     mean, low, high = t_interval(ratios)
 
-    def spread(values):
-        return float(np.std(values, ddof=1) / np.mean(values)) if len(values) > 1 else None
-
     row = {"config": label, "batch_size": batch_size, "runner_tok_s": runner_tok_s, "bare_tok_s": bare_tok_s,
            "ratio": mean, "ratio_ci_low": low, "ratio_ci_high": high,
-           "runner_cv": spread(runner_tok_s), "bare_cv": spread(bare_tok_s),
+           "runner_cv": cv(runner_tok_s), "bare_cv": cv(bare_tok_s),
            # by turn order (ABBA: the runner first in even rounds): a gap between the two is an order effect
            "ratio_runner_first": float(np.mean(ratios[0::2])), "ratio_bare_first": _mean_or_none(ratios[1::2]),
            **{f"{side}_{key}": sides[side][key] for side in sides for key in ("host_steal", "window")}}

@@ -64,10 +64,12 @@ COMMON="dataset.limit=16 generation.max_new_tokens=64"
 FIDELITY_WORKLOAD="model=llama2-7b-random dataset=synthetic dataset.input_len=128 generation.max_new_tokens=128"
 BATCHES=1,4,16
 
+quiet() { grep --line-buffered -vE "it/s\]|s/it\]|batch/s\]|s/batch\]"; }  # a pipe stage: progress bars left out of the logs
+
 sweep() {  # sweep NAME ARGS... : one multirun into $RUNS/NAME, its log under $OUT
   local name=$1; shift
   echo "== $name: python -m runner -m $* $COMMON"
-  python -m runner -m hydra.sweep.dir="$RUNS/$name" "$@" $COMMON 2>&1 | grep --line-buffered -vE "it/s\]|s/it\]|batch/s\]|s/batch\]" \
+  python -m runner -m hydra.sweep.dir="$RUNS/$name" "$@" $COMMON 2>&1 | quiet \
     | tee -a "$OUT/$name.log" | tail -n 25
 }
 
@@ -117,7 +119,7 @@ for stage in "$@"; do
       [ "$stage" != speculative-vllm ] && sweep speculative-hf engine=hf engine.dtype=float16 engine.speculative.method=none,prompt_lookup,draft batch_size=1,4 ;;
     ablation)
       python scripts/hf_timing_ablation.py --batch-sizes 1,16 --batches 2 --rounds 3 $FIDELITY_WORKLOAD \
-        engine.dtype=float16 2>&1 | grep --line-buffered -vE "it/s\]" | tee "$OUT/ablation.log" ;;
+        engine.dtype=float16 2>&1 | quiet | tee "$OUT/ablation.log" ;;
     fidelity-*)
       configs=${stage#fidelity-}
       name=fidelity-${configs//,/_}${FID_TAG:-}
@@ -126,7 +128,7 @@ for stage in "$@"; do
       nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,utilization.gpu,pstate --format=csv -l 1 \
         > "$OUT/$name.smi.csv" 2>&1 & watch_gpu=$!
       ${FID_PIN:+taskset -c $FID_PIN} python scripts/fidelity.py --engines "$configs" --batch-sizes "${FID_BATCHES:-1,16}" --rounds "${FID_ROUNDS:-3}" \
-        --out "$OUT/$name" ${FID_ARGS:-} $FIDELITY_WORKLOAD ${FID_EXTRA:-} 2>&1 | grep --line-buffered -vE "it/s\]|s/it\]|batch/s\]" \
+        --out "$OUT/$name" ${FID_ARGS:-} $FIDELITY_WORKLOAD ${FID_EXTRA:-} 2>&1 | quiet \
         | tee "$OUT/$name.log" | tail -n 30
       kill $watch_host $watch_gpu 2>/dev/null ;;
     hf-static-cv)
@@ -135,7 +137,7 @@ for stage in "$@"; do
     step-ab-*)
       configs=${stage#step-ab-}
       python scripts/step_ab.py --engine "$configs" --batch-sizes "${AB_BATCHES:-1,16}" --seconds "${AB_SECONDS:-60}" \
-        --out "$OUT/step-ab-$configs" $FIDELITY_WORKLOAD ${FID_EXTRA:-} 2>&1 | grep --line-buffered -vE "it/s\]|s/it\]" \
+        --out "$OUT/step-ab-$configs" $FIDELITY_WORKLOAD ${FID_EXTRA:-} 2>&1 | quiet \
         | tee "$OUT/step-ab-$configs.log" | tail -n 8 ;;
     exl2-build)
       TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 python3 -c "import exllamav2, exllamav2.ext; print('exllamav2', exllamav2.__version__)" 2>&1 | tail -n 3
@@ -153,7 +155,7 @@ for stage in "$@"; do
     seed-grid)
       echo "== python -m runner -m +experiment=seed_engines ${SEED_EXTRA:-}"
       timeout --signal=INT "${SEED_GRID_S:-540}" python -m runner -m hydra.sweep.dir="$RUNS/seed-grid" \
-        +experiment=seed_engines ${SEED_EXTRA:-} 2>&1 | grep --line-buffered -vE "it/s\]|s/it\]|batch/s\]|s/batch\]" \
+        +experiment=seed_engines ${SEED_EXTRA:-} 2>&1 | quiet \
         | tee -a "$OUT/seed-grid.log" | grep -E "^(record|skipped|error|interrupted)|run\(s\) failed|point\(s\)" ;;
     seed-*)
       COMMON="model=llama2-7b-random dataset=sharegpt dataset.limit=\${batch_size} generation.max_new_tokens=200 measure.repetitions=${SEED_REPS:-3}"

@@ -34,16 +34,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
+from fidelity import CONFIGS, DEFAULTS, compose  # noqa: E402
+
 STATES = [(False, False), (True, False), (False, True), (True, True)]  # (clock, sampler)
-HF_CONFIGS = ("hf", "hf_static", "hf_int8", "hf_nf4")
+HF_CONFIGS = [label for label in CONFIGS if label.startswith("hf")]
 
 
 def effects(blocks: list[dict]) -> dict[str, dict]:
     """Per factor: the step-time slowdown (exp of the mean log ratio, minus 1) with a 95 % t interval over groups.
     ``blocks``: ``{"group", "clock", "sampler", "step_s"}``; a group without all four states is left out."""
-    from scipy.special import stdtrit
-
-    from runner.stats import CONFIDENCE
+    from runner.stats import t_half_width
 
     groups: dict[int, dict] = {}
     for b in blocks:
@@ -57,9 +57,7 @@ def effects(blocks: list[dict]) -> dict[str, dict]:
     out = {}
     for name, values in per_group.items():
         mean = float(np.mean(values)) if values else float("nan")
-        # not runner.stats.t_ci: that clips at 0 (rates), and a log ratio may be negative
-        half = stdtrit(len(values) - 1, 0.5 + CONFIDENCE / 2) * np.std(values, ddof=1) / math.sqrt(len(values)) \
-            if len(values) > 1 else 0.0
+        half = t_half_width(values) or 0.0  # not t_ci: that clips at 0 (rates), and a log ratio may be negative
         low, high = mean - half, mean + half
         out[name] = {"slowdown": math.expm1(mean), "ci_low": math.expm1(low), "ci_high": math.expm1(high)}
     levels = [np.mean(list(g.values())) for g in full]
@@ -87,10 +85,10 @@ class Switchboard:
         self.state = STATES[0]
 
     def begin_call(self) -> None:
-        self.clock, self._stamps, self._block = self._make_clock(), [], None
+        self.clock, self._stamp_count, self._last, self._block = self._make_clock(), 0, 0.0, None
 
     def _switch(self) -> None:
-        if self._block is not None and len(self._block["steps"]) == self.block_steps:
+        if self._block is not None:  # a switch comes every block_steps stamps: the block is complete
             steps = self._block.pop("steps")[1:]  # the first step of a block carries the switch itself
             self.blocks.append({**self._block, "step_s": float(np.mean(steps))})
         if not self._order:
@@ -102,10 +100,11 @@ class Switchboard:
         self._block = {"group": self._group, "clock": self.state[0], "sampler": self.state[1], "steps": []}
 
     def __call__(self, input_ids, scores, **kwargs):
-        self._stamps.append(time.perf_counter())
-        if len(self._stamps) > 1:  # the first stamp ends the prefill
-            self._block["steps"].append(self._stamps[-1] - self._stamps[-2])
-        if (len(self._stamps) - 1) % self.block_steps == 0:
+        stamp, self._stamp_count = time.perf_counter(), self._stamp_count + 1
+        if self._stamp_count > 1:  # the first stamp ends the prefill
+            self._block["steps"].append(stamp - self._last)
+        self._last = stamp
+        if (self._stamp_count - 1) % self.block_steps == 0:
             self._switch()
         if self.state[0]:
             self.clock(input_ids, scores)
@@ -124,7 +123,6 @@ def measure(label: str, batch_size: int, seconds: float, block_s: float, overrid
     import torch
     from transformers import StoppingCriteriaList
 
-    from fidelity import CONFIGS, DEFAULTS, compose
     from runner.memory import MemorySampler
     from runner.models import prepare
     from runner.plan import plan
