@@ -134,9 +134,17 @@ def llamacpp(engine, batches, new_tokens: int) -> tuple[int, float]:
     return _timed(run_batch, batches)
 
 
+def exllamav2_step(engine, last, mask, offsets):
+    """One greedy token per sequence from ExLlamaV2's ``model.forward``, EOS masked (the forced length): the next
+    ids, [B, 1] on the CPU, where its embedding lives (the engine waits for the device there too)."""
+    logits = engine.model.forward(last, engine.cache, input_mask=mask, position_offsets=offsets)[:, -1, :]
+    logits[:, sorted(engine.eos_ids)] = float("-inf")
+    return logits.argmax(dim=-1, keepdim=True).cpu()
+
+
 def exllamav2(engine, batches, new_tokens: int) -> tuple[int, float]:
     """ExLlamaV2's forward loop as its base generator runs it on token ids: prefill the left-padded batch into
-    the cache, then one ``model.forward`` per token, greedy, EOS masked (the forced length)."""
+    the cache, then one ``model.forward`` per token (``exllamav2_step``)."""
     import torch
 
     from engines.exllamav2.engine import (
@@ -152,9 +160,7 @@ def exllamav2(engine, batches, new_tokens: int) -> tuple[int, float]:
                              position_offsets=offsets)
         last = ids[:, -1:]
         for _ in range(new_tokens):
-            logits = engine.model.forward(last, engine.cache, input_mask=mask, position_offsets=offsets)[:, -1, :]
-            logits[:, sorted(engine.eos_ids)] = float("-inf")
-            last = logits.argmax(dim=-1, keepdim=True).cpu()  # its embedding lives on the CPU; the engine syncs here too
+            last = exllamav2_step(engine, last, mask, offsets)
         torch.cuda.synchronize()
         return new_tokens * len(batch)
 

@@ -34,9 +34,10 @@
 #             FID_ARGS: more script arguments, e.g. --bare-loop ctranslate2_stamped, --batches 1, --probe-beside; FID_TAG: a file-name suffix;
 #             FID_PIN: CPUs to pin both sides to, e.g. 2-3: is a host-bound engine's round-to-round spread the
 #             scheduler moving the Python thread?). Logs the host (vmstat) and GPU clocks (nvidia-smi) once a second beside it
-#   step-ab-CONFIG  scripts/step_ab.py for an HF configuration (hf, hf_static, hf_int8, hf_nf4): the runner's step clock
-#             and memory sampler switched on and off per block of steps inside the same generate calls, batch 1/16
-#             (AB_BATCHES), AB_SECONDS (default 60) of timed calls per batch size (FID_EXTRA: more runner overrides)
+#   step-ab-CONFIG  scripts/step_ab.py for an HF configuration (hf, hf_static, hf_int8, hf_nf4) or exllamav2: the runner's
+#             step clock (ExLlamaV2: the runner's whole decoding step against the bare one) and memory sampler switched
+#             on and off per block of steps inside the same calls, batch 1/16 (AB_BATCHES), AB_SECONDS (default 60) of
+#             timed calls per batch size (FID_EXTRA: more runner overrides)
 #   hf-static-cv  the compiled HF mode from the CLI (fresh process), batch 1 and 16, 200 tokens, with the
 #             stopping rule on: repetitions until the 95 % interval is within ±3 % (at most 12); HSC_BATCHES: other
 #             batch sizes; HSC_LIMIT: prompts per repetition (default one batch; 64 at batch 16 = four batches)

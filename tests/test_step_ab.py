@@ -69,3 +69,20 @@ def test_pooled_runs_keep_their_groups_apart():
     assert pooled["hf", 1]["groups"] == 8 and pooled["hf", 16]["groups"] == 4
     assert pooled["hf", 1]["sampler"]["slowdown"] == pytest.approx(0.1)
     assert pooled["hf", 16]["runner"]["slowdown"] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.gpu
+def test_exllamav2_runner_step_against_the_bare_step_in_place(smollm2_rtn, monkeypatch, cache_dir):
+    """The ExLlamaV2 A/B on SmolLM2 RTN: every group holds the four states, and the runner's step (its stamp and
+    bookkeeping) costs no more than a few per cent of a ~1-2 ms step."""
+    import step_ab
+
+    monkeypatch.setenv("LLM_BENCH_CACHE", cache_dir)
+    r = step_ab.measure("exllamav2", batch_size=1, seconds=6, block_s=0.05,
+                        overrides=[f"model.hf={smollm2_rtn}", "model.gguf=null", "dataset=synthetic",
+                                   "dataset.input_len=32"])
+    print({k: v for k, v in r.items() if k != "blocks"})
+    assert r["groups"] >= 8 and len(r["blocks"]) == 4 * r["groups"]
+    for group in range(r["groups"]):
+        assert {(b["clock"], b["sampler"]) for b in r["blocks"] if b["group"] == group} == set(step_ab.STATES)
+    assert abs(r["runner"]["slowdown"]) < 0.05, r["runner"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -112,29 +113,41 @@ class ExLlamaV2Engine(Engine):
     def _generate_unpaged(self, prompts: list[list[int]], sampling: SamplingSpec) -> list[Generation]:
         import torch
 
+        # inference mode, as ExLlamaV2's own generators run: the logits are then edited in place (outside it they
+        # are inference tensors, and an in-place edit needs a copy first)
+        with torch.inference_mode():
+            decoding = self._prefill(prompts)
+            gens = [Generation(token_ids=[], token_times=[]) for _ in prompts]
+            for _ in range(sampling.max_new_tokens):
+                if not self._decode_step(decoding, sampling, gens):
+                    break
+        return gens
+
+    def _prefill(self, prompts: list[list[int]]) -> "_Decoding":
+        """All but the last prompt token into the cache, left-padded; the first decoding step feeds that one."""
         ids, mask, offsets = _left_padded(prompts)
         self.cache.current_seq_len = 0
-        if ids.shape[1] > 1:  # prefill all but the last prompt token; the loop feeds that one
+        if ids.shape[1] > 1:
             self.model.forward(ids[:, :-1], self.cache, input_mask=mask, preprocess_only=True,
                                position_offsets=offsets)
-        last = ids[:, -1:]
-        gens = [Generation(token_ids=[], token_times=[]) for _ in prompts]
-        done = [False] * len(prompts)
-        for _ in range(sampling.max_new_tokens):
-            logits = self.model.forward(last, self.cache, input_mask=mask, position_offsets=offsets)[:, -1, :].clone()
-            if sampling.ignore_eos:
-                logits[:, self.eos_ids] = float("-inf")
-            tokens = _pick(logits.float(), sampling.temperature).cpu()  # .cpu() waits for the step
-            stamp = now()
-            for row, token in enumerate(tokens.tolist()):
-                if not done[row]:
-                    gens[row].token_ids.append(token)
-                    gens[row].token_times.append(stamp)
-                    done[row] = token in self.eos_ids
-            if all(done):
-                break
-            last = tokens.view(-1, 1).to(torch.long)
-        return gens
+        return _Decoding(last=ids[:, -1:], mask=mask, offsets=offsets, done=[False] * len(prompts))
+
+    def _decode_step(self, decoding: "_Decoding", sampling: SamplingSpec, gens: list[Generation]) -> bool:
+        """One token for every sequence, stamped once it is on the host; False when every sequence has ended.
+        (scripts/step_ab.py runs this very step against ExLlamaV2's bare one, block by block.)"""
+        logits = self.model.forward(decoding.last, self.cache, input_mask=decoding.mask,
+                                    position_offsets=decoding.offsets)[:, -1, :]
+        if sampling.ignore_eos:
+            logits[:, self.eos_ids] = float("-inf")
+        tokens = _pick(logits, sampling.temperature).cpu()  # .cpu() waits for the step
+        stamp = now()
+        for row, token in enumerate(tokens.tolist()):
+            if not decoding.done[row]:
+                gens[row].token_ids.append(token)
+                gens[row].token_times.append(stamp)
+                decoding.done[row] = token in self.eos_ids
+        decoding.last = tokens.view(-1, 1)  # argmax and multinomial give int64 ids
+        return not all(decoding.done)
 
     def _generate_paged(self, prompts: list[list[int]], sampling: SamplingSpec) -> list[Generation]:
         import torch
@@ -210,6 +223,17 @@ class ExLlamaV2Engine(Engine):
         torch.cuda.empty_cache()
 
 
+@dataclass
+class _Decoding:
+    """An unpaged batch between decoding steps: the tokens to feed next ([B, 1] long, on the CPU, where
+    ExLlamaV2 keeps the embedding), the padding mask and position offsets, and which sequences have ended."""
+
+    last: Any
+    mask: Any
+    offsets: Any
+    done: list[bool]
+
+
 def _left_padded(prompts: list[list[int]]):
     """(ids [B, T] long, additive mask [B, T] half or None, position offsets [B] int or None), as
     ExLlamaV2's base generator builds them: padding on the left, masked, positions shifted back."""
@@ -228,8 +252,8 @@ def _pick(logits, temperature: float):
     import torch
 
     if temperature == 0:
-        return logits.argmax(dim=-1)
-    return torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1).flatten()
+        return logits.argmax(dim=-1)  # on the float16 logits: converting first changes no index, and costs a kernel
+    return torch.multinomial(torch.softmax(logits.float() / temperature, dim=-1), 1).flatten()
 
 
 def _check_intermediate_size(config) -> None:
