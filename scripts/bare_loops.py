@@ -167,4 +167,20 @@ def exllamav2(engine, batches, new_tokens: int) -> tuple[int, float]:
     return _timed(run_batch, batches)
 
 
-LOOPS = {"hf": hf, "ctranslate2": ctranslate2, "ctranslate2_stamped": ctranslate2_stamped, "vllm": vllm, "sglang": sglang, "llamacpp": llamacpp, "exllamav2": exllamav2}
+def adapter(engine, batches, new_tokens: int) -> tuple[int, float]:
+    """Not an engine's own loop: the runner's adapter called directly, greedy, length forced, without the runner's
+    measurement around it. ``--bare-loop adapter`` thus weighs the runner's measurement alone (sampler, loop,
+    records), for any engine, where the engine's own loop weighs the adapter too."""
+    from engines.base import SamplingSpec
+
+    sampling = SamplingSpec(max_new_tokens=new_tokens, ignore_eos=True, temperature=0.0)
+
+    def run_batch(batch) -> int:
+        generations = engine.generate(batch, sampling)
+        engine.synchronize()
+        return sum(len(g.token_ids) for g in generations)
+
+    return _timed(run_batch, batches)
+
+
+LOOPS = {"adapter": adapter, "hf": hf, "ctranslate2": ctranslate2, "ctranslate2_stamped": ctranslate2_stamped, "vllm": vllm, "sglang": sglang, "llamacpp": llamacpp, "exllamav2": exllamav2}
