@@ -270,7 +270,7 @@ def main() -> None:
     args, overrides = parser.parse_known_args()
     if args.pool:
         for (label, batch_size), e in pool([r for f in args.pool for r in json.loads(f.read_text())]).items():
-            print(f"{label} batch {batch_size}: {e['groups']} groups; clock {_share(e['clock'])}, sampler "
+            print(f"{label} batch {batch_size}: {e['groups']} groups; {RUNNER_PART[label]} {_share(e['clock'])}, sampler "
                   f"{_share(e['sampler'])}, both {_share(e['runner'])}; runner / bare speed {1 / (1 + e['runner']['slowdown']):.3f} "
                   f"[{1 / (1 + e['runner']['ci_high']):.3f}, {1 / (1 + e['runner']['ci_low']):.3f}]")
         return
@@ -285,8 +285,9 @@ def main() -> None:
               f"steps, step {r['mean_step_ms']:.2f} ms (host swings between groups {r['between_groups_cv']:.1%}, "
               f"within a group {r['within_group_sd']:.1%}); slowdown of a step by {RUNNER_PART[r['config']]} {_share(r['clock'])}, "
               f"by the memory sampler at {r['memory_sample_hz']:g} Hz {_share(r['sampler'])}, by both (the runner "
-              f"against the bare loop) {_share(r['runner'])}; reading the clock after a call "
-              f"{r['clock_read_after_call_ms']:.2f} ms ({r['clock_read_share_of_call']:.3%} of the call)", flush=True)
+              f"against the bare loop) {_share(r['runner'])}" + (f"; reading the clock after a call "
+              f"{r['clock_read_after_call_ms']:.2f} ms ({r['clock_read_share_of_call']:.3%} of the call)"
+              if r["config"] in HF_CONFIGS else ""), flush=True)
     if args.out:
         args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
 
