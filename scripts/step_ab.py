@@ -1,5 +1,5 @@
-"""What the runner adds inside HF's (and ExLlamaV2's) decoding loop, measured in place: its step clock and its memory sampler
-switched on and off within the same ``generate`` calls (issue 16).
+"""What the runner adds inside HF's (and ExLlamaV2's) decoding loop, measured in place: its step clock and its
+memory sampler switched on and off within the same ``generate`` calls (issue 16).
 
 A whole-run ratio of the runner to HF's bare loop (scripts/fidelity.py) is as noisy as the host when the engine
 is bound by it: one thread's speed on the device's H200 varied 12-29 % from second to second. But only two

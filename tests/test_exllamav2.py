@@ -47,11 +47,11 @@ def test_without_cuda_load_fails_with_one_clear_line(cache_dir):
 def test_an_mlp_width_exllamav2_cannot_pad_is_refused_in_one_line():
     from types import SimpleNamespace
 
-    from engines.exllamav2.engine import _check_intermediate_size
+    from engines.exllamav2.checkpoint import check_intermediate_size
 
-    _check_intermediate_size(SimpleNamespace(intermediate_size=1536))  # SmolLM2: fine
+    check_intermediate_size(SimpleNamespace(intermediate_size=1536))  # SmolLM2: fine
     with pytest.raises(RuntimeError, match="intermediate_size divisible by 32.*has 172$"):
-        _check_intermediate_size(SimpleNamespace(intermediate_size=172))  # tiny-llama
+        check_intermediate_size(SimpleNamespace(intermediate_size=172))  # tiny-llama
 
 
 def test_the_rope_theta_of_a_transformers_5_config_reaches_exllamav2(tmp_path):
@@ -59,12 +59,12 @@ def test_the_rope_theta_of_a_transformers_5_config_reaches_exllamav2(tmp_path):
     import json
     from types import SimpleNamespace
 
-    from engines.exllamav2.engine import _rope_from_rope_parameters
+    from engines.exllamav2.checkpoint import rope_from_rope_parameters
 
     def loaded(**raw):
         (tmp_path / "config.json").write_text(json.dumps(raw))
         config = SimpleNamespace(model_dir=str(tmp_path), rotary_embedding_base=10000.0)  # ExLlamaV2's fallback
-        _rope_from_rope_parameters(config)
+        rope_from_rope_parameters(config)
         return config.rotary_embedding_base
 
     assert loaded(rope_parameters={"rope_theta": 100000.0, "rope_type": "default"}) == 100000.0  # SmolLM2

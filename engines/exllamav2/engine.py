@@ -18,13 +18,13 @@ Two decoding paths:
 from __future__ import annotations
 
 import gc
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 from engines.base import Engine, Generation, SamplingSpec, now, require, safetensors_bytes
 from engines.exllamav2 import EXLLAMAV2
+from engines.exllamav2.checkpoint import (check_intermediate_size, eos_ids_of, quantization_name,
+                                          rope_from_rope_parameters)
 
 MIB = 2**20
 GPTQ_VARIANT = "gptq-w4g128"
@@ -54,7 +54,7 @@ class ExLlamaV2Engine(Engine):
         cfg = self.config
         config = exl2.ExLlamaV2Config(model_path)
         config.arch_compat_overrides()
-        _rope_from_rope_parameters(config)
+        rope_from_rope_parameters(config)
         config.max_seq_len = cfg.max_seq_len or config.max_seq_len
         # Scratch buffers are sized at load for max_batch_size rows of max_input_len tokens (prefill chunk).
         config.max_batch_size = cfg.max_batch_size
@@ -69,13 +69,13 @@ class ExLlamaV2Engine(Engine):
             if not hasattr(config, key):
                 raise ValueError(f"engine.engine_kwargs.{key}: not an ExLlamaV2Config attribute")
             setattr(config, key, value)
-        _check_intermediate_size(config)
+        check_intermediate_size(config)
         self.model = exl2.ExLlamaV2(config)
         self.model.load(progress=False)  # one GPU; the KV cache is made per batch shape (_ensure_cache)
         self.cache, self.cache_shape, self.generator = None, (0, 0), None
-        self.eos_ids = _eos_ids(config)
+        self.eos_ids = eos_ids_of(config)
         torch.cuda.synchronize()
-        self.resolved = {"device": "cuda", "dtype": "float16", "quantization": _quantization(config),
+        self.resolved = {"device": "cuda", "dtype": "float16", "quantization": quantization_name(config),
                          "exllamav2_cache": _value(cfg.cache_dtype), "exllamav2_paged": cfg.paged,
                          "exllamav2_max_seq_len": config.max_seq_len}
 
@@ -254,54 +254,6 @@ def _pick(logits, temperature: float):
     if temperature == 0:
         return logits.argmax(dim=-1)  # on the float16 logits: converting first changes no index, and costs a kernel
     return torch.multinomial(torch.softmax(logits.float() / temperature, dim=-1), 1).flatten()
-
-
-def _check_intermediate_size(config) -> None:
-    """ExLlamaV2 pads gate/up outputs to a multiple of 32 but not down_proj's input (float16 or quantized
-    alike), so such an MLP fails mid-forward with a matmul shape error; say so at load instead."""
-    size = getattr(config, "intermediate_size", None)
-    if isinstance(size, int) and size % 32:
-        raise RuntimeError(f"the exllamav2 engine needs intermediate_size divisible by 32 (ExLlamaV2 pads the "
-                           f"MLP to 32); this model has {size}")
-
-
-def _config_json(config) -> dict:
-    """The model directory's config.json as written (ExLlamaV2Config keeps only the keys it knows)."""
-    return json.loads((Path(config.model_dir) / "config.json").read_text())
-
-
-def _rope_from_rope_parameters(config) -> None:
-    """transformers >= 5 saves RoPE as ``rope_parameters: {rope_theta, rope_type, ...}``; ExLlamaV2 0.3.2 reads
-    only the old top-level ``rope_theta`` / ``rope_scaling`` and silently falls back to theta 10,000. For
-    SmolLM2 (theta 100,000) that wrong theta put its prompt log-probs 0.35 nats/token off HF's on the same
-    weights, so carry the theta over, and refuse a scaled RoPE rather than run it unscaled."""
-    raw = _config_json(config)
-    params = raw.get("rope_parameters")
-    if not isinstance(params, dict) or "rope_theta" in raw or "rope_scaling" in raw:
-        return
-    rope_type = params.get("rope_type", "default")
-    if rope_type != "default":
-        raise RuntimeError(f"the exllamav2 engine cannot read rope_parameters.rope_type={rope_type} from "
-                           f"{config.model_dir}/config.json (ExLlamaV2 0.3.2 reads only the old rope_scaling key); "
-                           f"add rope_scaling with the same fields there")
-    if "rope_theta" in params:
-        config.rotary_embedding_base = float(params["rope_theta"])
-
-
-def _eos_ids(config) -> list[int]:
-    """config.json's EOS and generation_config.json's (a list there for chat models)."""
-    eos = [getattr(config, "eos_token_id", None)]
-    eos += (getattr(config, "generation_config", None) or {}).get("eos_token_id") or []
-    return sorted({token for token in eos if token is not None})
-
-
-def _quantization(config) -> str:
-    quant = _config_json(config).get("quantization_config", {})
-    if quant.get("quant_method") == "exl2":
-        return f"exl2-{quant.get('bits')}bpw"
-    if quant:
-        return f"gptq-w{quant.get('bits')}g{quant.get('group_size')}"
-    return "none"
 
 
 def _value(option: Any) -> Any:

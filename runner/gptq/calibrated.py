@@ -26,12 +26,14 @@ def calibration_prompts(hf_dir: str, calibration: CalibrationSpec) -> list[list[
 
 def gptqmodel_checkpoint(hf_dir: str, out: Path, spec: GPTQSpec,
                          calibration: CalibrationSpec = CALIBRATION) -> None:
-    """GPTQ with gptqmodel on ShareGPT calibration prompts; ``GPTQMODEL_CPU_WORKERS`` defaults to the cores."""
+    """GPTQ with gptqmodel on ShareGPT calibration prompts; ``GPTQMODEL_CPU_WORKERS`` defaults to the cores (at least 2)."""
     import os
 
     import torch
 
-    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(len(os.sched_getaffinity(0))))
+    # gptqmodel 7.6's model loader takes 2 workers from its CPU pool and refuses a pool of 1 (what it makes of one
+    # core, e.g. a CI worker pinned to its own core): never fewer than 2
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, len(os.sched_getaffinity(0)))))
     gptqmodel = require(GPTQMODEL)
     prompts = calibration_prompts(hf_dir, calibration)
     config = json.loads((Path(hf_dir) / "config.json").read_text())
