@@ -190,3 +190,19 @@ def test_the_callbacks_worker_thread_keeps_its_python_state(fp32, tokenizer):
     kept, calls = fresh_states(keep=True)
     assert calls == 48 and kept == 1  # one, kept from the first call on
     assert fresh_states(keep=False)[0] == 0  # and still kept in the next generate
+
+
+def test_the_callback_cost_script_times_all_three_ways(cache_dir):
+    """scripts/ct2_callback_cost.py (the figures in _keep_thread_state's docstring) runs and prints each way."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "ct2_callback_cost.py"), "--batch-size", "4",
+                           "--new-tokens", "16", "--rounds", "2"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "LLM_BENCH_CACHE": cache_dir})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["none", "clock only", "clock, state kept"], proc.stdout

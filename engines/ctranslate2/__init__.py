@@ -35,9 +35,10 @@ class CTranslate2EngineConfig(EngineConfig):
     device: Device = Device.auto
     inter_threads: int = 1  # batches run in parallel; the runner sends one at a time
     intra_threads: int = 0  # OpenMP threads per batch; 0: CTranslate2's default
-    # Per-token stamps come from generate_batch's callback: one Python call per sequence and step, which
-    # the H200 showed to cost ~2.5 % at batch 16 (docs/results/fidelity-h200-2026-12-01.md). False drops the
-    # callback: whole-batch figures only (no TTFT/TPOT/ITL), for a pure throughput sweep.
+    # Per-token stamps come from generate_batch's callback: one Python call per sequence and step. It cost
+    # 2.5-4 % at batch 16 on the H200 until the engine kept the worker thread's Python state alive (engine.py,
+    # _keep_thread_state): 0.994 of the bare loop since (docs/results/fidelity-ctranslate2-h200-2026-12-03.md).
+    # False drops the callback: whole-batch figures only (no TTFT/TPOT/ITL).
     token_timestamps: bool = True
 
     def validate(self) -> None:

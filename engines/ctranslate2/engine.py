@@ -129,9 +129,10 @@ def _keep_thread_state() -> None:
 
     CTranslate2 calls the per-token callback from its own worker thread through pybind11, which creates a Python
     thread state for that thread before every call and deletes it after (pybind11 issue #6179). That churn was
-    most of the callback's cost: ~1 us a call on this CPU machine, 15-25 us on the H200's virtual machine
-    (3-4 % of a batch-16 step there). One ``PyGILState_Ensure`` that is never released holds the state's count
-    above zero, so pybind11 reuses it: one thread state per CTranslate2 worker thread, as a Python thread has."""
+    the callback's cost: 10-11 us a call on the CPU machine, ~0-1.4 us once kept (scripts/ct2_callback_cost.py);
+    15-25 us on the H200's (3-4 % of a batch-16 step there). One ``PyGILState_Ensure`` that is never released holds
+    the state's count above zero, so pybind11 reuses it: one thread state per CTranslate2 worker thread, as a Python
+    thread has."""
     ctypes.pythonapi.PyGILState_Ensure()
     _worker.kept = True
 
