@@ -88,8 +88,7 @@ class CTranslate2Engine(Engine):
         times: list[list[float]] = [[] for _ in prompts]
 
         def on_token(step) -> bool:  # called once per sequence and step, with the token already on the host
-            if not getattr(_worker, "kept", False):
-                _keep_thread_state()
+            _keep_thread_state()
             i = step.batch_id
             seen[i] += 1
             if seen[i] > echo[i]:
@@ -125,16 +124,17 @@ _worker = threading.local()  # per thread, and gone with the thread's Python sta
 
 
 def _keep_thread_state() -> None:
-    """Keep the calling thread's Python thread state alive from now on.
+    """Keep the calling thread's Python thread state alive from now on (once per thread; a no-op after).
 
     CTranslate2 calls the per-token callback from its own worker thread through pybind11, which creates a Python
     thread state for that thread before every call and deletes it after (pybind11 issue #6179). That churn was
-    the callback's cost: 10-11 us a call on the CPU machine, ~0-1.4 us once kept (scripts/ct2_callback_cost.py);
+    the callback's cost: 10-13 us a call on the CPU machine, 0-3 us once kept (scripts/ct2_callback_cost.py);
     15-25 us on the H200's (3-4 % of a batch-16 step there). One ``PyGILState_Ensure`` that is never released holds
     the state's count above zero, so pybind11 reuses it: one thread state per CTranslate2 worker thread, as a Python
     thread has."""
-    ctypes.pythonapi.PyGILState_Ensure()
-    _worker.kept = True
+    if not getattr(_worker, "kept", False):
+        ctypes.pythonapi.PyGILState_Ensure()
+        _worker.kept = True
 
 
 def _end_ids(path: Path, vocab: list[str]) -> list[int]:
