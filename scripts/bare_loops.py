@@ -138,7 +138,7 @@ def exllamav2_step(engine, last, mask, offsets):
     """One greedy token per sequence from ExLlamaV2's ``model.forward``, EOS masked (the forced length): the next
     ids, [B, 1] on the CPU, where its embedding lives (the engine waits for the device there too)."""
     logits = engine.model.forward(last, engine.cache, input_mask=mask, position_offsets=offsets)[:, -1, :]
-    logits[:, sorted(engine.eos_ids)] = float("-inf")
+    logits[:, engine.eos_ids] = float("-inf")  # a sorted list already (checkpoint.eos_ids_of)
     return logits.argmax(dim=-1, keepdim=True).cpu()
 
 
